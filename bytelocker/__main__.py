@@ -1,0 +1,5 @@
+import sys
+
+from bytelocker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""The one exception root of ByteLocker.
+
+Every error we raise on purpose derives from :class:`ByteLockerError`, and also
+from the builtin it most resembles, so callers may catch either.  Messages are
+whole sentences that name the door, pin, key or file concerned.
+"""
+
+
+class ByteLockerError(Exception):
+    """Base class of every error ByteLocker raises on purpose."""
+
+
+class ConfigError(ByteLockerError, ValueError):
+    """A configuration file is missing, unreadable or invalid.
+
+    ``problems`` holds every problem found (not only the first), each already
+    phrased for facilities staff: ``door.yaml line 14: lock.unlock_seconds is
+    120, but must be between 1 and 30``.
+    """
+
+    def __init__(self, message, problems=None):
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
+
+
+class ModelFilesMissing(ByteLockerError, FileNotFoundError):
+    """A face model file could not be found; the message names the package."""
+
+
+class ImageError(ByteLockerError, ValueError):
+    """An image could not be read or decoded (corrupt, truncated, not an image)."""
+
+
+class VideoError(ByteLockerError, ValueError):
+    """A video file could not be opened or decoded."""
+
+
+class CameraUnavailable(ByteLockerError, OSError):
+    """The camera could not be opened or stopped delivering frames."""
+
+
+class HardwareError(ByteLockerError, RuntimeError):
+    """A hardware backend failed: wrong board, missing package, no permission."""
+
+
+class StorageError(ByteLockerError, OSError):
+    """A database or file store failed (disk full, corrupt file, locked)."""
+
+
+class MessageRejected(ByteLockerError, ValueError):
+    """An MQTT payload was malformed, oversized, of the wrong schema or forged."""
+
+
+class SignatureError(MessageRejected):
+    """A signed enrolment update failed verification (forged, unsigned, wrong key)."""
+
+
+class ReplayError(MessageRejected):
+    """A signed enrolment update was not newer than what the door already holds."""

@@ -1,0 +1,1 @@
+"""The door unit: capture -> detect -> describe -> match -> decide -> actuate."""

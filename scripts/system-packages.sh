@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests need when they are missing:
+# mosquitto (tests start their own broker) and postgresql (tests start their
+# own cluster in a temp dir).  Run as root or with sudo available.
+set -euo pipefail
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+
+if [ ${#need[@]} -eq 0 ]; then
+    exit 0
+fi
+echo "Installing Debian packages: ${need[*]}"
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
