@@ -1,0 +1,1 @@
+"""The central collector: stores door events, owns the people registry, answers staff."""

@@ -1,0 +1,61 @@
+"""Central's database, bound at start-up from ``database.url``.
+
+Every central model declares ``database = database`` (a peewee
+``DatabaseProxy``); :func:`open_database` points it at SQLite (WAL) or
+PostgreSQL, the same code either way.
+"""
+
+import os
+
+import peewee as pw
+from playhouse.db_url import connect
+
+from bytelocker.errors import StorageError
+
+database = pw.DatabaseProxy()
+
+SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1, "busy_timeout": 10000}
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+
+
+_models = []
+
+
+def register(model):
+    """Class decorator: tables created by :func:`open_database`."""
+    _models.append(model)
+    return model
+
+
+def open_database(url, password=None):
+    """Connect to ``url`` (``sqlite:///path`` or ``postgresql://...``) and create tables."""
+    try:
+        if url.startswith("sqlite:///"):
+            path = url[len("sqlite:///"):]
+            if path not in ("", ":memory:"):
+                os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+            db = pw.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS)
+        else:
+            kwargs = {"password": password} if password else {}
+            db = connect(url, **kwargs)
+        database.initialize(db)
+        db.connect(reuse_if_open=True)
+        db.create_tables(_models)
+    except (pw.PeeweeException, OSError, ValueError) as exc:
+        raise StorageError(f"Cannot open the central database {redact(url)}: {exc}.") from exc
+    return db
+
+
+def redact(url):
+    """``url`` with any password replaced by ``***`` (for logs and errors)."""
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            creds = creds.split(":", 1)[0] + ":***"
+        return f"{scheme}://{creds}@{host}"
+    return url
