@@ -8,6 +8,7 @@ from config.base import Section
 from config.camera import CameraSection
 from config.hardware import HardwareSection
 from config.mqtt import MqttSection, OutboxSection
+from config.policy import PolicySection, SiteSection
 from config.recognition import DecisionSection, DetectionSection, RecognitionSection
 
 CURRENT_VERSION = 1
@@ -31,3 +32,5 @@ class DoorConfig(Section):
     hardware: HardwareSection = Field(default_factory=HardwareSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
+    site: SiteSection = Field(default_factory=SiteSection)
+    policy: PolicySection = Field(default_factory=PolicySection)

@@ -1,0 +1,342 @@
+"""The door daemon: the one place that wires the door unit together.
+
+``DoorApp.start()`` reads top to bottom: hardware (lock engaged first), the
+local stores, the face engine, the camera, the MQTT links, then the frame
+loop.  Threads are named and share one ``stop`` event; ``stop()`` joins them
+in reverse order with timeouts and engages the lock last.  SIGTERM and SIGINT
+set the event; an unhandled exception in any thread engages the lock and
+stops the daemon so systemd restarts it.
+"""
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import cv2
+
+from bytelocker import systemd_notify
+from bytelocker.errors import ByteLockerError
+
+logger = logging.getLogger(__name__)
+
+JOIN_TIMEOUT = 5.0
+STATUS_INTERVAL = 2.0
+
+
+class DoorApp:
+    """A door unit: camera -> recognition loop -> decision -> lock, with events.
+
+    What the door does:
+
+    - on start: the lock is engaged before anything else opens;
+    - on SIGTERM/SIGINT or :meth:`stop`: threads stop, the lock is engaged last;
+    - on an unhandled exception in any thread: the lock is engaged and the
+      daemon stops with an error (systemd restarts it);
+    - on ``kill -9`` or power loss: nothing in this process can act, so
+      systemd's ``ExecStopPost=bytelocker door lock`` re-engages the lock, and
+      ``hardware.lock.fail_mode`` decides what an unpowered lock does.
+
+    :param config: a validated :class:`config.door.DoorConfig`.
+    :param mqtt_password: the broker password (from the environment or a
+        systemd credential, never the YAML).
+    """
+
+    def __init__(self, config, *, mqtt_password=None):
+        self.config = config
+        self.door_id = config.door.id
+        self.mqtt_password = mqtt_password
+        self.stop_event = threading.Event()
+        self.failed = None
+        self.started_at = time.monotonic()
+        self.hardware = None
+        self.controller = None
+        self.outbox = None
+        self.loop = None
+        self.grabber = None
+        self.publisher = None
+        self.sync = None
+        self.policy = None
+        self._threads = []
+        self._camera_state = ("starting", "")
+        self._last_decision = None
+        self._engine_note = ""
+        self._lock = threading.Lock()
+
+    # -- start-up, in order -------------------------------------------------
+
+    def start(self):
+        """Open everything in order and start the frame loop."""
+        self._install_excepthook()
+        self._open_hardware()
+        self._open_stores()
+        self._open_engine()
+        self._open_camera()
+        self._open_links()
+        self._start_frame_loop()
+        self._start_status_writer()
+        systemd_notify.ready()
+        logger.info("door=%s started", self.door_id)
+
+    def _open_hardware(self):
+        from hardware import open_hardware
+        from hardware.door import DoorController
+
+        self.hardware = open_hardware(self.config.hardware, door_id=self.door_id)
+        self.controller = DoorController(self.hardware, self.config.hardware, emit=self.emit)
+
+    def _open_stores(self):
+        from edge import cache
+        from edge.outbox import Outbox
+
+        data_dir = self.config.door.data_dir
+        os.makedirs(data_dir, exist_ok=True)
+        cache.open_cache(os.path.join(data_dir, "cache.db"))
+        box = self.config.outbox
+        self.outbox = Outbox(os.path.join(data_dir, "outbox.db"), self.door_id,
+                             max_events=box.max_events, snapshot_max_bytes=box.snapshot_max_bytes)
+
+    def _open_engine(self):
+        from edge import cache
+        from edge.describe import FaceDescriber
+        from edge.detect import FaceDetector
+        from edge.pipeline import RecognitionLoop
+
+        rec, det = self.config.recognition, self.config.detection
+        describer = FaceDescriber(models_dir=rec.models_dir)
+        describer.engine = self._make_engine(describer)
+        detector = FaceDetector(model=det.model, scale=det.scale, upsample=det.upsample,
+                                min_face_px=det.min_face_px, models_dir=rec.models_dir)
+        self.loop = RecognitionLoop(detector, describer, cache.load_gallery(),
+                                    recognition=rec, decision=self.config.decision, detection=det)
+        try:
+            from edge.policy import AccessPolicy
+        except ImportError:
+            self.policy = None
+        else:
+            self.policy = AccessPolicy.from_config(self.config)
+
+    def _make_engine(self, describer):
+        """The descriptor engine named in YAML, falling back to dlib if it fails its check."""
+        if self.config.recognition.engine == "dlib":
+            return describer.engine
+        from edge.fast_engine import make_engine
+
+        engine = make_engine(self.config.recognition,
+                             cache_dir=os.path.join(self.config.door.data_dir, "engine"))
+        reason = getattr(engine, "fallback_reason", None)
+        if reason:
+            self._engine_note = f"fast engine refused, using dlib: {reason}"
+            logger.warning("door=%s %s", self.door_id, self._engine_note)
+        return engine
+
+    def _open_camera(self):
+        from hardware.camera import FrameGrabber
+
+        self.grabber = FrameGrabber(self.config.camera, self.stop_event, on_state=self._on_camera_state)
+        self.grabber.start()
+        self._threads.append(self.grabber)
+
+    def _open_links(self):
+        if not self.config.mqtt.enabled:
+            return
+        from edge.publisher import Publisher
+
+        self.publisher = Publisher(self.outbox, self.config.mqtt, self.door_id, self.stop_event,
+                                   status_provider=self.status, password=self.mqtt_password)
+        self.publisher.start()
+        self._threads.append(self.publisher)
+        key = self.config.door.central_public_key
+        if key:
+            from edge.sync import DoorSync
+
+            self.sync = DoorSync(self.door_id, self.config.mqtt, key, self.stop_event,
+                                 on_gallery=self.loop.set_gallery,
+                                 on_rejected=self._on_update_rejected,
+                                 password=self.mqtt_password)
+            self.sync.start()
+            self._threads.append(self.sync)
+        else:
+            logger.warning("door=%s has no door.central_public_key: enrolment updates are ignored",
+                           self.door_id)
+
+    def _start_frame_loop(self):
+        thread = threading.Thread(target=self._guarded(self._frame_loop), name="frames", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _start_status_writer(self):
+        thread = threading.Thread(target=self._guarded(self._status_loop), name="status", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- running -------------------------------------------------------------
+
+    def _frame_loop(self):
+        while not self.stop_event.is_set():
+            systemd_notify.watchdog()
+            frame = self.grabber.latest(timeout=0.5)
+            if frame is None:
+                continue
+            for decision in self.loop.process(frame.rgb, frame.t):
+                self.on_decision(decision)
+
+    def on_decision(self, decision):
+        """Turn one recognition decision into the lock, the indicators and an event."""
+        details = {
+            "track": decision.track_id,
+            "distance": None if decision.distance is None else round(float(decision.distance), 4),
+            "frames_used": decision.frames_used,
+            "decide_ms": round(float(decision.decide_ms), 1),
+        }
+        with self._lock:
+            self._last_decision = {"decision": decision.decision, "person": decision.person,
+                                   "at": time.time()}
+        if decision.decision == "granted":
+            verdict = self.policy.check(decision.person) if self.policy else None
+            if verdict is not None and not verdict.allowed:
+                self.controller.deny(verdict.reason)
+                self.emit("denied", dict(details, person_id=decision.person, reason=verdict.reason))
+                return
+            if verdict is not None and verdict.suppressed:
+                return
+            self.controller.grant(decision.person)
+            extra = verdict.details if verdict is not None else {}
+            self.emit("granted", dict(details, person_id=decision.person, **extra))
+        elif decision.decision == "unknown":
+            self.controller.unidentified()
+            self.emit("unidentified", details, snapshot=decision.face_crop)
+        else:
+            self.controller.deny("ambiguous")
+            self.emit("denied", dict(details, person_id=None, reason="ambiguous",
+                                     nearest=decision.person))
+
+    def emit(self, event_type, details, snapshot=None):
+        """Record an event in the outbox (durably, before any publish)."""
+        jpeg = None
+        if snapshot is not None and snapshot.size:
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(snapshot, cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_JPEG_QUALITY, 85])
+            jpeg = buf.tobytes() if ok else None
+        try:
+            event = self.outbox.record(event_type, details, snapshot_jpeg=jpeg)
+        except ByteLockerError:
+            logger.exception("door=%s could not record a %s event", self.door_id, event_type)
+            return None
+        logger.info("door=%s event=%s seq=%s person=%s", self.door_id, event_type,
+                    event.get("seq"), details.get("person_id"))
+        return event
+
+    def _on_camera_state(self, state, detail=""):
+        self._camera_state = (state, detail)
+        if self.controller is not None:
+            self.controller.set_fault(state not in ("ok", "starting"))
+        logger.info("door=%s camera=%s %s", self.door_id, state, detail)
+
+    def _on_update_rejected(self, reason, *args):
+        logger.warning("door=%s rejected an enrolment update: %s", self.door_id, reason)
+
+    def status(self):
+        """A snapshot of the door's health, for the retained status topic and the status file."""
+        loop_stats = self.loop.stats() if self.loop is not None and hasattr(self.loop, "stats") else {}
+        from edge import cache
+
+        return {
+            "door_id": self.door_id,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "camera": self._camera_state[0],
+            "camera_detail": self._camera_state[1],
+            "broker": "connected" if self.publisher is not None and self.publisher.connected
+            else ("disabled" if self.publisher is None else "disconnected"),
+            "cache_version": cache.cache_version(),
+            "outbox_depth": self.outbox.depth() if self.outbox is not None else 0,
+            "engine": self._engine_note or self.config.recognition.engine,
+            "last_decision": self._last_decision,
+            **loop_stats,
+        }
+
+    def _status_loop(self):
+        from edge.status import status_path, write_status
+
+        path = status_path(self.config)
+        while not self.stop_event.wait(STATUS_INTERVAL):
+            write_status(path, self.status())
+
+    # -- stopping --------------------------------------------------------------
+
+    def _guarded(self, target):
+        """Wrap a thread body: an unhandled exception engages the lock and stops the daemon."""
+
+        def run():
+            try:
+                target()
+            except BaseException as exc:  # noqa: BLE001 - any escape must lock the door
+                self._fail(exc)
+
+        return run
+
+    def _install_excepthook(self):
+        previous = threading.excepthook
+
+        def hook(args):
+            self._fail(args.exc_value)
+            previous(args)
+
+        threading.excepthook = hook
+
+    def _fail(self, exc):
+        logger.critical("door=%s thread %s failed: %r; engaging the lock", self.door_id,
+                        threading.current_thread().name, exc, exc_info=exc)
+        self.failed = exc
+        if self.hardware is not None:
+            self.hardware.lock.lock()
+        self.stop_event.set()
+
+    def request_stop(self, *_):
+        """Signal handler: ask every thread to stop."""
+        self.stop_event.set()
+
+    def stop(self):
+        """Stop threads in reverse start order, then engage the lock last."""
+        systemd_notify.stopping()
+        self.stop_event.set()
+        for thread in reversed(self._threads):
+            thread.join(JOIN_TIMEOUT)
+            if thread.is_alive():
+                logger.warning("door=%s thread %s did not stop in %.0f s", self.door_id,
+                               getattr(thread, "name", thread), JOIN_TIMEOUT)
+        if self.controller is not None:
+            self.controller.close()
+        if self.outbox is not None:
+            self.outbox.close()
+        if self.hardware is not None:
+            self.hardware.close()
+        logger.info("door=%s stopped; lock engaged", self.door_id)
+
+    def run(self):
+        """Run until SIGTERM/SIGINT or a failure; return the process exit code."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        try:
+            self.start()
+            self.stop_event.wait()
+        except BaseException as exc:
+            self.failed = self.failed or exc
+            if not isinstance(exc, ByteLockerError):
+                logger.exception("door=%s failed to start", self.door_id)
+        finally:
+            self.stop()
+        if isinstance(self.failed, ByteLockerError):
+            raise self.failed
+        return 1 if self.failed else 0
+
+
+def cmd_run(args):
+    """``bytelocker door run -c door.yaml``."""
+    from config.loader import load_door_config
+    from config.secrets import read_secret
+
+    config = load_door_config(args.config)
+    password = read_secret("mqtt-password", "BYTELOCKER_MQTT_PASSWORD") if config.mqtt.username else None
+    return DoorApp(config, mqtt_password=password).run()
