@@ -132,8 +132,10 @@ class DoorApp:
         return engine
 
     def _open_camera(self):
-        from hardware.camera import FrameGrabber
+        from hardware.camera import FrameGrabber, check_backend
 
+        # A missing camera library stops the daemon; a missing device is retried.
+        check_backend(self.config.camera)
         self.grabber = FrameGrabber(self.config.camera, self.stop_event, on_state=self._on_camera_state)
         self.grabber.start()
         self._threads.append(self.grabber)
