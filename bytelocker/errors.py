@@ -31,12 +31,20 @@ class ImageError(ByteLockerError, ValueError):
     """An image could not be read or decoded (corrupt, truncated, not an image)."""
 
 
+class DatasetError(ByteLockerError, ValueError):
+    """A labelled evaluation set (pairs file, image folder) is malformed or incomplete."""
+
+
 class VideoError(ByteLockerError, ValueError):
     """A video file could not be opened or decoded."""
 
 
 class CameraUnavailable(ByteLockerError, OSError):
     """The camera could not be opened or stopped delivering frames."""
+
+
+class EndOfStream(ByteLockerError, EOFError):
+    """A video file or image folder camera has no more frames (and is not looping)."""
 
 
 class HardwareError(ByteLockerError, RuntimeError):
@@ -57,3 +65,15 @@ class SignatureError(MessageRejected):
 
 class ReplayError(MessageRejected):
     """A signed enrolment update was not newer than what the door already holds."""
+
+
+class SigningKeyError(ByteLockerError, OSError):
+    """An Ed25519 signing or public key is missing, unreadable, badly protected or malformed."""
+
+
+class EnrolmentError(ByteLockerError, ValueError):
+    """An enrolment, revocation or erasure could not be done (no usable photo, unknown person)."""
+
+
+class ModelFormatError(ByteLockerError, ValueError):
+    """A model file is truncated, corrupt, or not the network layout we expect."""
