@@ -1,5 +1,38 @@
-"""Subcommands of this package for the ``bytelocker`` command line."""
+"""``bytelocker door lock``: engage the lock now, for systemd's ExecStopPost.
+
+The subcommand itself is declared in :mod:`edge.commands` with the other
+``door`` actions; this module owns what it does.
+"""
+
+import logging
+
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers):
-    """Add this package's subcommands to ``subparsers``."""
+    """This package's commands are declared in :mod:`edge.commands` (``door lock``)."""
+
+
+def cmd_lock(args):
+    """Drive the configured lock line to its locked level, leave it there, and exit 0.
+
+    Runs after the daemon has gone (systemd ``ExecStopPost=``), including
+    after ``kill -9`` left the line driven unlocked.  A backend that cannot
+    load is an error (exit 1) with what to install or fix; it never falls
+    back to the simulator.
+    """
+    from config.loader import load_door_config
+    from hardware import engage_lock
+
+    config = load_door_config(args.config)
+    section, door_id = config.hardware, config.door.id
+    level = engage_lock(section, door_id=door_id)
+    lock = section.lock
+    print(f"door {door_id}: lock engaged on GPIO {lock.pin} ({section.backend} backend, "
+          f"line {'high' if level else 'low'}, fail-{lock.fail_mode}, "
+          f"relay {'on' if lock.fail_mode == 'safe' else 'off'})")
+    if section.backend == "jetson":
+        # JetPack 6 returns a released line to its default when this process exits.
+        logger.warning("door=%s on a Jetson the lock line returns to its default level when this command "
+                       "exits; only wiring that makes that level 'locked' keeps the door locked", door_id)
+    return 0
