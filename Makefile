@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test system-packages venv clean
+.PHONY: demo test system-packages venv clean install
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: system-packages $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# Install or upgrade on this machine (root): make install INSTALL_ARGS="--role door --start"
+install:
+	bash scripts/install.sh $(INSTALL_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info
