@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "edge.commands",
     "hardware.commands",
     "central.commands",
+    "central.people_commands",
     "config.commands",
 )
 
@@ -38,12 +39,10 @@ def build_parser():
 
 
 def configure_logging(level):
-    """Log to stdout, one line per record, so journald picks it up."""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stdout,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Log to stdout, one key=value line per record, so journald picks it up."""
+    from bytelocker import logfmt
+
+    logfmt.configure(level)
 
 
 def main(argv=None):

@@ -25,6 +25,8 @@ PRAGMAS = {
     "synchronous": "normal",
     "foreign_keys": 1,
     "busy_timeout": 5000,
+    # Deleted people (revoked, forgotten) are overwritten, not left in free pages.
+    "secure_delete": 1,
 }
 
 
@@ -115,6 +117,61 @@ def remove_person(person_id):
     with database.atomic():
         Descriptor.delete().where(Descriptor.person == person_id).execute()
         return Person.delete().where(Person.person_id == person_id).execute() > 0
+
+
+def apply_changes(changes, version):
+    """Apply ``[(op, person_dict), ...]`` and record ``version``, all in one transaction.
+
+    ``op`` is ``"upsert"`` (``person_dict`` has the keyword arguments of
+    :func:`upsert_person` plus ``person_id`` and ``descriptors``) or
+    ``"remove"`` (only ``person_id``).  Either everything is applied, with the
+    new version, or nothing is.
+    """
+    with database.atomic(lock_type="IMMEDIATE"):
+        for op, person in changes:
+            if op == "upsert":
+                _upsert(person, version)
+            elif op == "remove":
+                remove_person(person["person_id"])
+            else:
+                raise ValueError(f"unknown cache change {op!r}")
+        set_cache_version(version)
+
+
+def replace_all(persons, version):
+    """Replace every cached person with ``persons`` and record ``version``, atomically."""
+    with database.atomic(lock_type="IMMEDIATE"):
+        Descriptor.delete().execute()
+        Person.delete().execute()
+        for person in persons:
+            _upsert(person, version)
+        set_cache_version(version)
+
+
+def _upsert(person, version):
+    fields = dict(person)
+    upsert_person(fields.pop("person_id"), fields.pop("descriptors"), version=version, **fields)
+
+
+def check_cache():
+    """Raise :class:`StorageError` if the cache file is damaged or holds malformed rows."""
+    try:
+        result = database.execute_sql("PRAGMA quick_check").fetchone()
+        if not result or result[0] != "ok":
+            raise StorageError(f"The door cache {database.database} failed its integrity check: {result}.")
+        cache_version()
+        for (blob,) in Descriptor.select(Descriptor.vector).tuples():
+            if blob is None or len(blob) != 512:
+                raise StorageError(f"The door cache {database.database} holds a malformed descriptor.")
+    except (pw.DatabaseError, ValueError) as exc:
+        raise StorageError(f"The door cache {database.database} is damaged: {exc}.") from exc
+
+
+def reset_cache():
+    """Drop and recreate every cache table: version 0, no people (for a damaged cache)."""
+    with database.atomic():
+        database.drop_tables(MODELS, safe=True)
+        database.create_tables(MODELS)
 
 
 def load_gallery():

@@ -1,0 +1,270 @@
+"""Enrolment photos: quality checks, then descriptors into the registry.
+
+Each photo is checked on its own and the verdict reported per photo, in this
+order (thresholds from ``enrolment`` in central.yaml, calibrated on the real
+photos in the shared data folder):
+
+1. it decodes (a corrupt or truncated file is named as such);
+2. exactly one face (dlib HOG on a copy shrunk to ``max_photo_px``; a group
+   photo is rejected, since we cannot know which face is the person);
+3. the face is at least ``min_face_px`` wide in the original photo;
+4. the face is bright enough: mean grey level of the face >= ``min_brightness``
+   (well-lit faces measure 70-165; the same photos at a quarter of the
+   exposure measure 17-40);
+5. the face is sharp enough: variance of the Laplacian of the face scaled to
+   100x100 >= ``min_sharpness`` (sharp photos measure 23-2000; blurred with a
+   Gaussian of sigma about 4% of the face width they measure 3-16).
+
+An accepted photo still gets a *warning* when its descriptor is nearer than
+``duplicate_distance`` to another enrolled person (a look-alike, or the same
+person under two ids), or far (> 0.6) from the person's other photos.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from bytelocker.errors import EnrolmentError, ImageError
+from central import registry
+from edge.detect import Box, FaceDetector
+from edge.images import IMAGE_SUFFIXES, as_rgb, list_images, load_rgb
+from edge.match import Gallery
+
+logger = logging.getLogger(__name__)
+
+# HOG scores below this are mostly false detections (a flag, a patterned
+# shirt); they are not counted as "another face" in the photo.
+MIN_FACE_SCORE = 0.3
+# Further than this from the person's own other photos is suspicious: dlib's
+# usual same-person bound.
+SAME_PERSON_DISTANCE = 0.6
+CROP_SIZE = 100
+
+
+@dataclass
+class PhotoCheck:
+    """The verdict on one enrolment photo.  ``reason`` says why it was rejected."""
+
+    source: str
+    ok: bool = False
+    reason: str = ""
+    warnings: list = field(default_factory=list)
+    face_px: int = 0
+    sharpness: float = None
+    brightness: float = None
+    descriptor: np.ndarray = field(default=None, repr=False)
+
+    def describe(self):
+        """One line for staff: ``ok   photo.jpg: face 224 px, ...`` or ``REJECTED photo.jpg: ...``."""
+        name = os.path.basename(self.source) or self.source
+        if not self.ok:
+            return f"REJECTED {name}: {self.reason}"
+        line = (f"ok       {name}: face {self.face_px} px, brightness {self.brightness:.0f}, "
+                f"sharpness {self.sharpness:.0f}")
+        return line + "".join(f"\n         warning: {w}" for w in self.warnings)
+
+
+def face_brightness_and_sharpness(image, box):
+    """``(mean grey 0-255, variance of the Laplacian)`` of the face in ``box``, scaled to 100x100."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    crop = grey[max(0, box.top):box.bottom, max(0, box.left):box.right]
+    crop = cv2.resize(crop, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
+    return float(crop.mean()), float(cv2.Laplacian(crop, cv2.CV_64F).var())
+
+
+class PhotoChecker:
+    """Check enrolment photos and describe the face of the good ones.
+
+    :param settings: the ``enrolment`` section of central.yaml
+        (:class:`~config.central.EnrolmentSection`).
+    :param describer: a :class:`~edge.describe.FaceDescriber` (loaded once, ~0.1 s per face).
+    """
+
+    def __init__(self, settings, describer, *, detector=None):
+        self.settings = settings
+        self.describer = describer
+        # Upsample 0 on a <= 1024 px copy finds faces from ~75 px: the useful
+        # ones.  Smaller faces are looked for only to say "too small".
+        self.detector = detector or FaceDetector(model="hog", upsample=0, min_face_px=20)
+        self._small_detector = FaceDetector(model="hog", upsample=1, min_face_px=20)
+
+    def _faces(self, image):
+        height, width = image.shape[:2]
+        scale = min(1.0, self.settings.max_photo_px / float(max(height, width)))
+        work = image if scale == 1.0 else cv2.resize(
+            image, (max(1, int(width * scale)), max(1, int(height * scale))), interpolation=cv2.INTER_AREA)
+        boxes = [b for b in self.detector.detect(work) if b.score >= MIN_FACE_SCORE]
+        if not boxes:
+            boxes = [b for b in self._small_detector.detect(work) if b.score >= MIN_FACE_SCORE]
+        inv = 1.0 / scale
+        return [Box(int(b.left * inv), int(b.top * inv), int(b.right * inv), int(b.bottom * inv),
+                    b.score).clipped(width, height) for b in boxes]
+
+    def check_image(self, image, source="<image>"):
+        """Check one RGB photo; the :class:`PhotoCheck` has the descriptor if it passed."""
+        s = self.settings
+        check = PhotoCheck(source)
+        try:
+            image = as_rgb(image)
+        except ImageError as exc:
+            check.reason = str(exc).rstrip(".")
+            return check
+        faces = self._faces(image)
+        if not faces:
+            mean = float(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).mean())
+            hint = f" (the photo is very dark: brightness {mean:.0f})" if mean < s.min_brightness else ""
+            check.reason = f"no face found{hint}; use a photo of the face from the front"
+            return check
+        if len(faces) > 1:
+            check.reason = f"{len(faces)} faces found; use a photo with only the person being enrolled"
+            return check
+        box = faces[0]
+        check.face_px = box.width
+        check.brightness, check.sharpness = face_brightness_and_sharpness(image, box)
+        if box.width < s.min_face_px:
+            check.reason = (f"the face is only {box.width} px wide, at least {s.min_face_px} px needed; "
+                            "use a closer or larger photo")
+        elif check.brightness < s.min_brightness:
+            check.reason = (f"too dark: face brightness {check.brightness:.0f}, at least "
+                            f"{s.min_brightness:.0f} needed; use a better-lit photo")
+        elif check.sharpness < s.min_sharpness:
+            check.reason = (f"too blurred: face sharpness {check.sharpness:.0f}, at least "
+                            f"{s.min_sharpness:.0f} needed; use a sharper photo")
+        else:
+            check.ok = True
+            check.descriptor = self.describer.describe(image, [box])[0]
+        return check
+
+    def check_file(self, path):
+        """Check the photo at ``path``; a corrupt or unreadable file is a rejection, not an error."""
+        try:
+            image = load_rgb(path)
+        except ImageError as exc:
+            return PhotoCheck(os.fspath(path), reason=str(exc).rstrip("."))
+        return self.check_image(image, os.fspath(path))
+
+
+def photo_paths(paths):
+    """Expand files and folders (their image files, sorted) into one list of paths."""
+    out = []
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            found = list_images(path)
+            if not found:
+                raise EnrolmentError(f"The folder {path} holds no photos ({', '.join(IMAGE_SUFFIXES)}).")
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
+def warn_about_likeness(checks, person_id, duplicate_distance):
+    """Add warnings to accepted ``checks`` that look like another person or unlike this one."""
+    others = {k: v for k, v in registry.descriptors_by_person().items() if k != person_id}
+    gallery = Gallery.from_people(others)
+    own = list(registry.descriptors_of(person_id))
+    for check in checks:
+        if not check.ok:
+            continue
+        if gallery.size:
+            dists = gallery.person_distances(check.descriptor)[0]
+            nearest = int(np.argmin(dists))
+            if dists[nearest] < duplicate_distance:
+                check.warnings.append(
+                    f"looks like enrolled person {gallery.people[nearest]!r} (distance {dists[nearest]:.2f}, "
+                    f"below {duplicate_distance:.2f}); check this is not the same person under two ids")
+        if own:
+            far = float(np.min(np.linalg.norm(np.asarray(own) - check.descriptor, axis=1)))
+            if far > SAME_PERSON_DISTANCE:
+                check.warnings.append(
+                    f"does not look like the other photos of {person_id!r} (distance {far:.2f})")
+        own.append(check.descriptor)
+
+
+@dataclass
+class EnrolmentResult:
+    """What an enrolment did: the per-photo checks and the change version (None if nothing enrolled)."""
+
+    person_id: str
+    checks: list
+    version: int = None
+    added: int = 0
+
+    @property
+    def rejected(self):
+        return [c for c in self.checks if not c.ok]
+
+
+def enrol_photos(person_id, sources, checker, *, name=None, groups=None, doors=None, valid_from=None,
+                 valid_until=None, reinstate=False, replace_doors=False, progress=None):
+    """Check every photo in ``sources`` (paths, or ``(label, rgb_array)`` pairs) and enrol the good ones.
+
+    Returns an :class:`EnrolmentResult`; raises :class:`EnrolmentError` (listing
+    every photo's reason) if no photo passed.  ``progress`` wraps the iteration (tqdm).
+    """
+    checks = []
+    iterable = progress(sources) if progress else sources
+    for source in iterable:
+        if isinstance(source, tuple):
+            check = checker.check_image(source[1], source[0])
+        else:
+            check = checker.check_file(source)
+        logger.info("%s", check.describe().split("\n")[0])
+        checks.append(check)
+    warn_about_likeness(checks, person_id, checker.settings.duplicate_distance)
+    good = [c for c in checks if c.ok]
+    result = EnrolmentResult(person_id, checks)
+    if not good:
+        raise EnrolmentError(
+            f"No photo of {person_id!r} passed the quality checks: "
+            + "; ".join(f"{os.path.basename(c.source)}: {c.reason}" for c in checks)
+        )
+    result.version = registry.enrol(
+        person_id, [c.descriptor for c in good], name=name, sources=[os.path.basename(c.source) for c in good],
+        groups=groups, doors=doors, valid_from=valid_from, valid_until=valid_until, reinstate=reinstate,
+        replace_doors=replace_doors)
+    result.added = len(good)
+    return result
+
+
+def forget_everywhere(person_id, snapshot_dir=None):
+    """Privacy erasure: identity and descriptors out of the registry (a signed removal
+    reaches every door), the person's events anonymised and their snapshots deleted.
+
+    Returns ``(version, events_anonymised, snapshots_deleted)``.
+    """
+    paths = []
+    with registry.write_transaction():
+        version = registry.forget(person_id)
+        try:
+            from central.store import Snapshot, StoredEvent
+        except ImportError:  # central's event store not installed in this build
+            Snapshot = StoredEvent = None
+        if StoredEvent is not None:
+            rows = list(StoredEvent.select(StoredEvent.event_id, StoredEvent.snapshot_path)
+                        .where(StoredEvent.person_id == person_id).tuples())
+            event_ids = [r[0] for r in rows]
+            paths = [r[1] for r in rows if r[1]]
+            if event_ids:
+                for chunk in range(0, len(event_ids), 500):
+                    ids = event_ids[chunk:chunk + 500]
+                    paths += [p for (p,) in Snapshot.select(Snapshot.path).where(Snapshot.event_id.in_(ids)).tuples()]
+                    Snapshot.delete().where(Snapshot.event_id.in_(ids)).execute()
+                StoredEvent.update(snapshot_path=None).where(StoredEvent.person_id == person_id).execute()
+        changed = registry.anonymise_person_rows(person_id)
+    deleted = 0
+    for path in set(paths):
+        if snapshot_dir and not os.path.isabs(path):
+            path = os.path.join(snapshot_dir, path)
+        try:
+            os.remove(path)
+            deleted += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.error("could not delete the snapshot %s of a forgotten person: %s", path, exc.strerror)
+    return version, sum(changed.values()), deleted
