@@ -55,6 +55,10 @@ class StorageError(ByteLockerError, OSError):
     """A database or file store failed (disk full, corrupt file, locked)."""
 
 
+class BrokerError(ByteLockerError, ConnectionError):
+    """The MQTT broker could not be started or reached (not installed, port taken)."""
+
+
 class MessageRejected(ByteLockerError, ValueError):
     """An MQTT payload was malformed, oversized, of the wrong schema or forged."""
 
@@ -77,3 +81,7 @@ class EnrolmentError(ByteLockerError, ValueError):
 
 class ModelFormatError(ByteLockerError, ValueError):
     """A model file is truncated, corrupt, or not the network layout we expect."""
+
+
+class AccountError(ByteLockerError, ValueError):
+    """A dashboard account could not be made: bad user name, short password, unknown role."""
