@@ -85,3 +85,7 @@ class ModelFormatError(ByteLockerError, ValueError):
 
 class AccountError(ByteLockerError, ValueError):
     """A dashboard account could not be made: bad user name, short password, unknown role."""
+
+
+class ReportError(ByteLockerError, ValueError):
+    """A report was asked for with arguments that cannot work (no days, an unknown time zone)."""

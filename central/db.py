@@ -50,6 +50,19 @@ def open_database(url, password=None):
     return db
 
 
+def write_transaction():
+    """A transaction that will write: on SQLite it takes the write lock first.
+
+    ``BEGIN IMMEDIATE`` matters because a WAL transaction that reads and then
+    writes cannot upgrade its lock and fails at once with "database is
+    locked" whenever another process (the service, the command line, the
+    dashboard) committed in between.
+    """
+    if isinstance(database.obj, pw.SqliteDatabase):
+        return database.atomic(lock_type="IMMEDIATE")
+    return database.atomic()
+
+
 def redact(url):
     """``url`` with any password replaced by ``***`` (for logs and errors)."""
     if "://" in url and "@" in url.split("://", 1)[1]:

@@ -24,7 +24,7 @@ import numpy as np
 import peewee as pw
 
 from bytelocker.errors import EnrolmentError
-from central.db import BaseModel, _models, database, register
+from central.db import BaseModel, _models, database, register, write_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -130,19 +130,6 @@ class RegistryCounter(BaseModel):
 
 
 REGISTRY_MODELS = (Person, FaceDescriptor, Change, RegistryCounter)
-
-
-def write_transaction():
-    """A transaction for registry writes.
-
-    On SQLite it takes the write lock at the start (``BEGIN IMMEDIATE``): a
-    transaction that reads and then writes would otherwise fail at once with
-    "database is locked" whenever another process (central's service, the
-    command line) committed in between, since WAL mode cannot upgrade it.
-    """
-    if isinstance(database.obj, pw.SqliteDatabase):
-        return database.atomic(lock_type="IMMEDIATE")
-    return database.atomic()
 
 
 def _counter(key):

@@ -1,0 +1,355 @@
+"""The central collector: takes every door's messages off the broker and keeps them.
+
+Threads (all named, all stopping on one event):
+
+* ``collector-mqtt`` runs the paho-mqtt 2.x client (MQTT 5, a persistent
+  session under ``collector.client_id``, so the broker queues events while
+  central is away).  Each message is checked against the contract
+  (:mod:`bytelocker.contract`) right there; a bad one is logged, counted and
+  acknowledged so it is never redelivered, and it cannot hold up other doors.
+* ``collector-writer`` is the one database writer.  It takes good messages
+  off an in-memory queue in batches (up to ``collector.batch_max``, waiting
+  at most ``collector.batch_wait_ms`` for more) and writes each batch in one
+  transaction.  Only then are the batch's messages acknowledged (PUBACK) to
+  the broker, so an event central has not stored is redelivered after a
+  crash, and a redelivered event is ignored by its ``event_id``.  Then each
+  door gets a receipt on ``<prefix>/receipts/<door_id>`` naming its stored
+  events; only that lets the door delete them from its outbox.
+* ``retention`` purges old snapshots and events (:mod:`central.retention`).
+"""
+
+import collections
+import logging
+import queue
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bytelocker import contract
+from bytelocker.errors import MessageRejected, StorageError
+from central import retention, store
+from central.db import open_database
+
+logger = logging.getLogger(__name__)
+
+LEAVES = ("events", "status", "available")
+# A door that sends junk is logged this many times, then once per LOG_EVERY.
+LOG_FIRST = 10
+LOG_EVERY = 1000
+
+
+class Collector:
+    """Stores every door's events, status and availability from the broker.
+
+    ``password`` is the broker password and ``database_password`` the
+    PostgreSQL one (both from the environment or systemd credentials; never
+    logged).  ``stats`` counts ``received``, ``stored``, ``duplicates`` and
+    ``rejected`` messages; ``rejected_by_door`` counts rejects per topic door.
+    """
+
+    def __init__(self, config, stop_event, *, password=None, database_password=None, alerter=None):
+        self.config = config
+        self.stop_event = stop_event
+        # central.alerts.Alerter (or None): told about each stored batch.
+        self.alerter = alerter
+        self._password = password
+        self._database_password = database_password
+        self.prefix = config.mqtt.prefix
+        self.stats = collections.Counter()
+        self.rejected_by_door = collections.Counter()
+        self._queue = queue.Queue(maxsize=config.collector.queue_max)
+        self._generation = 0
+        self._connected = threading.Event()
+        self._client = None
+        self._threads = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self):
+        """Open the database, start the writer, the retention job and the MQTT link."""
+        open_database(self.config.database.url, self._database_password)
+        self._client = self._make_client()
+        self._threads = [
+            threading.Thread(target=self._write_loop, name="collector-writer", daemon=True),
+            threading.Thread(target=self._retention_loop, name="retention", daemon=True),
+            threading.Thread(target=self._mqtt_loop, name="collector-mqtt", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self, timeout=10.0):
+        """Disconnect, let the writer finish what it holds, and join every thread."""
+        self.stop_event.set()
+        if self._client is not None:
+            self._client.disconnect()
+        for thread in reversed(self._threads):
+            thread.join(timeout)
+        logger.info("Central collector stopped: %s.", dict(self.stats))
+
+    def wait_connected(self, timeout):
+        """True once subscribed to every door's topics (within ``timeout`` seconds)."""
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self):
+        return self._connected.is_set()
+
+    # ----------------------------------------------------------------- MQTT
+
+    def _make_client(self):
+        m = self.config.mqtt
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.config.collector.client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=True)
+        if m.username:
+            client.username_pw_set(m.username, self._password)
+        if m.tls:
+            client.tls_set(ca_certs=m.ca_file, certfile=m.cert_file, keyfile=m.key_file)
+        client.reconnect_delay_set(max(1, int(m.reconnect_min_seconds)), max(1, int(m.reconnect_max_seconds)))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _mqtt_loop(self):
+        m = self.config.mqtt
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = int(self.config.collector.session_expiry_hours * 3600)
+        while not self.stop_event.is_set():
+            try:
+                self._client.connect(m.host, m.port, m.keepalive_seconds, clean_start=False, properties=props)
+            except (OSError, ValueError) as exc:
+                logger.warning("Central cannot reach broker %s:%s (%s); retrying.", m.host, m.port, exc)
+                if self.stop_event.wait(m.reconnect_min_seconds):
+                    break
+                continue
+            # Returns on stop (disconnect()); reconnects by itself otherwise.
+            self._client.loop_forever(retry_first_connection=True)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            logger.error("Broker %s:%s refused central: %s.", self.config.mqtt.host, self.config.mqtt.port, reason_code)
+            return
+        self._generation += 1
+        client.subscribe([(contract.all_doors_filter(self.prefix, leaf), contract.QOS) for leaf in LEAVES])
+        logger.info("Central connected to broker %s:%s (session present: %s).",
+                    self.config.mqtt.host, self.config.mqtt.port, flags.session_present)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            logger.error("Broker refused central's subscriptions to door topics: %s.", ", ".join(failed))
+            return
+        self._connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self._connected.clear()
+        if not self.stop_event.is_set():
+            logger.warning("Central lost broker %s:%s (%s); reconnecting.",
+                           self.config.mqtt.host, self.config.mqtt.port, reason_code)
+
+    def _on_message(self, client, userdata, message):
+        self.stats["received"] += 1
+        topic = message.topic
+        door_id = contract.door_id_from_topic(self.prefix, topic)
+        leaf = topic.rsplit("/", 1)[-1]
+        try:
+            if door_id is None or leaf not in LEAVES:
+                raise MessageRejected(f"Message on {topic} is not on a door topic central reads.")
+            if leaf == "events":
+                item = contract.parse_event(topic, door_id, message.payload)
+            elif leaf == "status":
+                item = contract.parse_status(topic, door_id, message.payload)
+            else:
+                item = contract.parse_available(topic, door_id, message.payload)
+        except MessageRejected as exc:
+            self._reject(door_id, exc)
+            client.ack(message.mid, message.qos)
+            return
+        except Exception:  # a bug in parsing must not take central down
+            logger.exception("Central failed to read a message on %s; dropped it.", topic)
+            self._reject(door_id, None)
+            client.ack(message.mid, message.qos)
+            return
+        entry = (leaf, item, message.mid, message.qos, self._generation)
+        # Back-pressure: while the writer is behind, stop reading from the
+        # broker (which holds the rest) instead of growing without bound.
+        while not self.stop_event.is_set():
+            try:
+                self._queue.put(entry, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _reject(self, door_id, exc):
+        self.stats["rejected"] += 1
+        key = door_id or "?"
+        self.rejected_by_door[key] += 1
+        n = self.rejected_by_door[key]
+        if n <= LOG_FIRST or n % LOG_EVERY == 0:
+            logger.warning("%s (%d rejected from door %s so far)", exc or "Unreadable message.", n, key)
+
+    # --------------------------------------------------------------- writer
+
+    def _write_loop(self):
+        wait = self.config.collector.batch_wait_ms / 1000.0
+        batch_max = self.config.collector.batch_max
+        while True:
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.stop_event.is_set():
+                    break
+                continue
+            batch = [first]
+            deadline = time.monotonic() + wait
+            while len(batch) < batch_max:
+                remaining = deadline - time.monotonic()
+                try:
+                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._write(batch)
+            except Exception:  # a bug must not stop the one writer; unacked messages come back on reconnect
+                logger.exception("Central failed to write a batch of %d messages; they stay unacknowledged.",
+                                 len(batch))
+        store.database.close()
+
+    def _write(self, batch):
+        events = [item for leaf, item, *_ in batch if leaf == "events"]
+        while True:
+            try:
+                new = store.store_events(events, self.config.storage.snapshot_dir) if events else 0
+                for leaf, item, *_ in batch:
+                    if leaf == "status":
+                        store.store_status(item)
+                    elif leaf == "available":
+                        store.store_available(item)
+                break
+            except StorageError as exc:
+                # Not acknowledged, so the broker still holds the batch if we stop.
+                logger.error("%s Retrying in 1 s.", exc)
+                if self.stop_event.wait(1.0):
+                    return
+        self.stats["stored"] += new
+        self.stats["duplicates"] += len(events) - new
+        self._send_receipts(events)
+        for _, _, mid, qos, generation in batch:
+            # A mid belongs to one connection; acking it on a later one would
+            # acknowledge a different message.
+            if generation == self._generation:
+                self._client.ack(mid, qos)
+        if self.alerter is not None:
+            # Only queues: describing faces and raising alerts run on the alerter's threads.
+            self.alerter.feed(events)
+
+    def _send_receipts(self, events):
+        """Tell each door which of its events are stored (duplicates too: the door resent them)."""
+        by_door = collections.defaultdict(list)
+        for event in events:
+            by_door[event.door_id].append(event.event_id)
+        for door_id, ids in by_door.items():
+            topic = contract.receipts_topic(self.prefix, door_id)
+            for payload in contract.receipt_payloads(door_id, ids):
+                info = self._client.publish(topic, payload, qos=contract.QOS)
+                if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                    # Harmless: the door sends the events again and gets a new receipt.
+                    logger.warning("Central could not send a receipt on %s: %s.", topic, mqtt.error_string(info.rc))
+        self.stats["receipts"] += len(events)
+
+    # ------------------------------------------------------------ retention
+
+    def _retention_loop(self):
+        interval = self.config.storage.retention_interval_minutes * 60
+        while True:
+            try:
+                retention.purge(self.config.storage)
+            except StorageError as exc:
+                logger.error("%s", exc)
+            if self.stop_event.wait(interval):
+                break
+        store.database.close()
+
+
+def cmd_run(args):
+    """``bytelocker central run -c central.yaml``: collect events and sync enrolments until SIGTERM/SIGINT.
+
+    The collector starts first (it opens the database); then the enrolment
+    sync (:class:`central.sync.CentralSync`) if central's signing key can be
+    loaded.  Without a key, events are still collected and the reason is
+    logged as an error: doors get no enrolment updates until it is fixed.
+    """
+    import signal
+
+    from config.loader import load_central_config
+
+    # Registers the people/enrolment models, so open_database creates their
+    # tables next to the events' (central run may be the first to open it).
+    import central.registry  # noqa: F401
+    from central import alerts  # registers the alerts table (and the stranger clusters')
+
+    config = load_central_config(args.config)
+    password, db_password = _secrets()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    alerter = alerts.Alerter(config, stop, password=password) if config.alerts.enabled else None
+    collector = Collector(config, stop, password=password, database_password=db_password,
+                          alerter=alerter).start()
+    if alerter is not None:
+        alerter.start()
+    logger.info("Central collector running: broker %s:%s, database %s.",
+                config.mqtt.host, config.mqtt.port, store_url(config))
+    sync = _start_sync(config, stop, password)
+    last = None
+    while not stop.wait(60):
+        if dict(collector.stats) != last:
+            last = dict(collector.stats)
+            logger.info("Central collector: %s.", last)
+    if sync is not None:
+        sync.join(10)
+    collector.stop()
+    if alerter is not None:
+        alerter.stop()
+    return 0
+
+
+def _start_sync(config, stop, password):
+    from bytelocker import signing
+    from bytelocker.errors import SigningKeyError
+
+    try:
+        key = signing.load_signing_key()
+    except SigningKeyError as exc:
+        logger.error("Enrolment sync is off: %s Doors will not receive enrolment changes.", exc)
+        return None
+    from central.sync import CentralSync
+
+    sync = CentralSync(config, key, stop, password=password)
+    try:
+        sync.start()
+    except Exception:  # events must keep flowing even if enrolment sync cannot start
+        logger.exception("Enrolment sync failed to start; central keeps collecting events.")
+        return None
+    return sync
+
+
+def store_url(config):
+    from central.db import redact
+
+    return redact(config.database.url)
+
+
+def _secrets():
+    """The broker and database passwords from the environment or systemd credentials."""
+    try:
+        from config import secrets
+    except ImportError:  # pragma: no cover - the secrets module ships with config
+        return None, None
+    return (secrets.read_secret(secrets.MQTT_PASSWORD.name, secrets.MQTT_PASSWORD.env_var),
+            secrets.read_secret(secrets.DATABASE_PASSWORD.name, secrets.DATABASE_PASSWORD.env_var))
