@@ -14,8 +14,6 @@ import signal
 import threading
 import time
 
-import cv2
-
 from bytelocker import systemd_notify
 from bytelocker.errors import ByteLockerError
 
@@ -93,29 +91,17 @@ class DoorApp:
         data_dir = self.config.door.data_dir
         os.makedirs(data_dir, exist_ok=True)
         cache.open_cache(os.path.join(data_dir, "cache.db"))
-        box = self.config.outbox
-        self.outbox = Outbox(os.path.join(data_dir, "outbox.db"), self.door_id,
-                             max_events=box.max_events, snapshot_max_bytes=box.snapshot_max_bytes)
+        self.outbox = Outbox.from_config(os.path.join(data_dir, "outbox.db"), self.door_id,
+                                         self.config.outbox)
 
     def _open_engine(self):
         from edge import cache
-        from edge.describe import FaceDescriber
-        from edge.detect import FaceDetector
-        from edge.pipeline import RecognitionLoop
+        from edge.pipeline import build_loop
+        from edge.policy import AccessPolicy
 
-        rec, det = self.config.recognition, self.config.detection
-        describer = FaceDescriber(models_dir=rec.models_dir)
-        describer.engine = self._make_engine(describer)
-        detector = FaceDetector(model=det.model, scale=det.scale, upsample=det.upsample,
-                                min_face_px=det.min_face_px, models_dir=rec.models_dir)
-        self.loop = RecognitionLoop(detector, describer, cache.load_gallery(),
-                                    recognition=rec, decision=self.config.decision, detection=det)
-        try:
-            from edge.policy import AccessPolicy
-        except ImportError:
-            self.policy = None
-        else:
-            self.policy = AccessPolicy.from_config(self.config)
+        self.loop = build_loop(self.config, cache.load_gallery())
+        self.loop.describer.engine = self._make_engine(self.loop.describer)
+        self.policy = AccessPolicy.from_config(self.config)
 
     def _make_engine(self, describer):
         """The descriptor engine named in YAML, falling back to dlib if it fails its check."""
@@ -196,31 +182,28 @@ class DoorApp:
             self._last_decision = {"decision": decision.decision, "person": decision.person,
                                    "at": time.time()}
         if decision.decision == "granted":
-            verdict = self.policy.check(decision.person) if self.policy else None
-            if verdict is not None and not verdict.allowed:
+            verdict = self.policy.check(decision.person)
+            if not verdict.allowed:
                 self.controller.deny(verdict.reason)
                 self.emit("denied", dict(details, person_id=decision.person, reason=verdict.reason))
-                return
-            if verdict is not None and verdict.suppressed:
-                return
-            self.controller.grant(decision.person)
-            extra = verdict.details if verdict is not None else {}
-            self.emit("granted", dict(details, person_id=decision.person, **extra))
+            elif not verdict.suppressed:
+                self.controller.grant(decision.person)
+                self.emit("granted", dict(details, person_id=decision.person, **verdict.details))
         elif decision.decision == "unknown":
             self.controller.unidentified()
             self.emit("unidentified", details, snapshot=decision.face_crop)
         else:
             self.controller.deny("ambiguous")
             self.emit("denied", dict(details, person_id=None, reason="ambiguous",
-                                     nearest=decision.person))
+                                     nearest=decision.nearest))
 
     def emit(self, event_type, details, snapshot=None):
         """Record an event in the outbox (durably, before any publish)."""
+        from edge.outbox import encode_jpeg
+
         jpeg = None
         if snapshot is not None and snapshot.size:
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(snapshot, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, 85])
-            jpeg = buf.tobytes() if ok else None
+            jpeg = encode_jpeg(snapshot, self.config.outbox.snapshot_max_bytes)
         try:
             event = self.outbox.record(event_type, details, snapshot_jpeg=jpeg)
         except ByteLockerError:
@@ -246,7 +229,7 @@ class DoorApp:
 
         return {
             "door_id": self.door_id,
-            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "uptime_seconds": round(time.monotonic() - self.started_at, 1),
             "camera": self._camera_state[0],
             "camera_detail": self._camera_state[1],
             "broker": "connected" if self.publisher is not None and self.publisher.connected
@@ -263,7 +246,11 @@ class DoorApp:
 
         path = status_path(self.config)
         while not self.stop_event.wait(STATUS_INTERVAL):
-            write_status(path, self.status())
+            try:
+                write_status(path, self.status())
+            except OSError as exc:
+                # A full disk must not stop the door: the status file is for humans.
+                logger.warning("door=%s cannot write its status file %s: %s", self.door_id, path, exc)
 
     # -- stopping --------------------------------------------------------------
 
@@ -305,9 +292,9 @@ class DoorApp:
         self.stop_event.set()
         for thread in reversed(self._threads):
             thread.join(JOIN_TIMEOUT)
-            if thread.is_alive():
+            if isinstance(thread, threading.Thread) and thread.is_alive():
                 logger.warning("door=%s thread %s did not stop in %.0f s", self.door_id,
-                               getattr(thread, "name", thread), JOIN_TIMEOUT)
+                               thread.name, JOIN_TIMEOUT)
         if self.controller is not None:
             self.controller.close()
         if self.outbox is not None:
