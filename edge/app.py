@@ -39,10 +39,13 @@ class DoorApp:
     :param config: a validated :class:`config.door.DoorConfig`.
     :param mqtt_password: the broker password (from the environment or a
         systemd credential, never the YAML).
+    :param on_event: called with each event dict after it is stored in the
+        outbox (the demo prints them); it runs on the thread that emitted.
     """
 
-    def __init__(self, config, *, mqtt_password=None):
+    def __init__(self, config, *, mqtt_password=None, on_event=None):
         self.config = config
+        self.on_event = on_event
         self.door_id = config.door.id
         self.mqtt_password = mqtt_password
         self.stop_event = threading.Event()
@@ -211,6 +214,8 @@ class DoorApp:
             return None
         logger.info("door=%s event=%s seq=%s person=%s", self.door_id, event_type,
                     event.get("seq"), details.get("person_id"))
+        if self.on_event is not None:
+            self.on_event(event)
         return event
 
     def _on_camera_state(self, state, detail=""):

@@ -50,7 +50,9 @@ def register(subparsers):
 
     p = subparsers.add_parser("demo", help="run the whole chain on this machine with sample faces")
     p.add_argument("--workdir", help="folder for the demo's databases and logs (default: a temp dir)")
-    p.set_defaults(func=_run("edge.demo:cmd_demo"))
+    p.add_argument("--loop-only", action="store_true",
+                   help="run only the recognition loop (no broker, central or relay)")
+    p.set_defaults(func=_run("bytelocker.demo:cmd_demo"))
 
     door = subparsers.add_parser("door", help="run or operate a door unit")
     ds = door.add_subparsers(dest="door_command", metavar="ACTION", required=True)

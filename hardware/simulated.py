@@ -93,6 +93,11 @@ class SimulatedBackend(GpiozeroBackend):
         self.history = []
         self.log_path = section.simulated_log
         self.state_path = section.simulated_state_path()
+        # The lock's first "locked" line is written before anything else runs,
+        # so its folder must exist now (the door's data dir may not yet).
+        for path in (self.log_path, self.state_path):
+            if path:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._record_lock = threading.Lock()
         super().__init__(section, door_id=door_id)
         self._persisted = self._read_state()
