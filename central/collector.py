@@ -16,6 +16,10 @@ Threads (all named, all stopping on one event):
   door gets a receipt on ``<prefix>/receipts/<door_id>`` naming its stored
   events; only that lets the door delete them from its outbox.
 * ``retention`` purges old snapshots and events (:mod:`central.retention`).
+
+An optional ``alerter`` (:class:`central.alerts.Alerter`, started by
+``central run``) is handed each stored batch; it only queues the work, so
+describing faces and raising alerts never slow ingest.
 """
 
 import collections
