@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bytelocker import contract
+from bytelocker import contract, systemd_notify
 from bytelocker.errors import MessageRejected, StorageError
 from central import retention, store
 from central.db import open_database
@@ -310,11 +310,15 @@ def cmd_run(args):
     logger.info("Central collector running: broker %s:%s, database %s.",
                 config.mqtt.host, config.mqtt.port, store_url(config))
     sync = _start_sync(config, stop, password)
-    last = None
-    while not stop.wait(60):
-        if dict(collector.stats) != last:
-            last = dict(collector.stats)
+    systemd_notify.ready()
+    last, logged_at = None, time.monotonic()
+    # Wake often enough for systemd's watchdog (WatchdogSec=60); log stats each minute.
+    while not stop.wait(5):
+        systemd_notify.watchdog()
+        if time.monotonic() - logged_at >= 60 and dict(collector.stats) != last:
+            last, logged_at = dict(collector.stats), time.monotonic()
             logger.info("Central collector: %s.", last)
+    systemd_notify.stopping()
     if sync is not None:
         sync.join(10)
     collector.stop()
