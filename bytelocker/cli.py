@@ -23,6 +23,20 @@ COMMAND_MODULES = (
 )
 
 
+def lazy(target):
+    """A command function that imports ``"module:function"`` only when the command runs.
+
+    Keeps ``bytelocker --help`` fast: face models, Flask and the database
+    drivers load only for the commands that need them.
+    """
+    module, func = target.split(":")
+
+    def call(args):
+        return getattr(importlib.import_module(module), func)(args)
+
+    return call
+
+
 def build_parser():
     """Return the top-level argument parser with every subcommand attached."""
     parser = argparse.ArgumentParser(

@@ -8,6 +8,8 @@ import argparse
 import csv
 import datetime as dt
 import importlib
+
+from bytelocker.cli import lazy
 import re
 import sys
 
@@ -16,22 +18,13 @@ from bytelocker.errors import ConfigError
 DEFAULT_CONFIG = "/etc/bytelocker/central.yaml"
 
 
-def _run(target):
-    module, func = target.split(":")
-
-    def call(args):
-        return getattr(importlib.import_module(module), func)(args)
-
-    return call
-
-
 def register(subparsers):
     """Add ``central`` and ``report`` to ``subparsers``."""
     central = subparsers.add_parser("central", help="run the central collector")
     cs = central.add_subparsers(dest="central_command", metavar="ACTION", required=True)
     p = cs.add_parser("run", help="store every door's events until stopped (SIGTERM/SIGINT)")
     p.add_argument("--config", "-c", required=True, help="central.yaml")
-    p.set_defaults(func=_run("central.collector:cmd_run"))
+    p.set_defaults(func=lazy("central.collector:cmd_run"))
     importlib.import_module("central.web_commands").register_central(cs)  # dashboard: web, add-user
 
     report = subparsers.add_parser("report", help="attendance, unidentified visitors, doors, events")
@@ -48,7 +41,7 @@ def register(subparsers):
 
     # Attendance, onsite and door health live in central.attendance and central.door_health.
     p = add("attendance", "each person's first in, last out, time on site and passes per local day",
-            _run("central.attendance:cmd_attendance"))
+            lazy("central.attendance:cmd_attendance"))
     p.add_argument("--date", type=parse_date, metavar="YYYY-MM-DD", help="one day (site time zone), or 'today'")
     p.add_argument("--from", dest="from_date", type=parse_date, metavar="YYYY-MM-DD", help="first day of a range")
     p.add_argument("--to", dest="to_date", type=parse_date, metavar="YYYY-MM-DD", help="last day (default: --from)")
@@ -57,13 +50,13 @@ def register(subparsers):
     who.add_argument("--group", metavar="G", help="only people in this registry group")
     p.add_argument("--timezone", metavar="ZONE", help="site time zone instead of the config's site.timezone")
     p = add("onsite", "who is on site now, since when, and where they were last seen",
-            _run("central.attendance:cmd_onsite"))
+            lazy("central.attendance:cmd_onsite"))
     p.add_argument("--timezone", metavar="ZONE", help="site time zone instead of the config's site.timezone")
     p = add("unidentified", "faces nobody recognised, with their snapshot files", cmd_unidentified)
     p.add_argument("--since", required=True, type=parse_time, metavar="T",
                    help="UTC time (2026-11-25 or 2026-11-25T08:00) or an age (90m, 24h, 7d)")
     add("doors", "each door: online/offline and for how long, camera, fps, outbox, enrolment version",
-        _run("central.door_health:cmd_doors"))
+        lazy("central.door_health:cmd_doors"))
     p = add("events", "stored events, oldest first", cmd_events)
     p.add_argument("--door", help="only this door")
     p.add_argument("--since", type=parse_time, metavar="T", help="UTC time or an age (24h, 7d)")

@@ -4,16 +4,7 @@ Each command is declared here and runs a function in the module that owns the
 work, imported only when the command runs (models load lazily).
 """
 
-import importlib
-
-
-def _run(target):
-    module, func = target.split(":")
-
-    def call(args):
-        return getattr(importlib.import_module(module), func)(args)
-
-    return call
+from bytelocker.cli import lazy
 
 
 def register(subparsers):
@@ -28,7 +19,7 @@ def register(subparsers):
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="save the ROC curve")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: all cores)")
-    p.set_defaults(func=_run("edge.evaluate:cmd_pairs"))
+    p.set_defaults(func=lazy("edge.evaluate:cmd_pairs"))
 
     p = evs.add_parser("gallery", help="open-set 1:N door question: strangers vs enrolled people")
     p.add_argument("--images", required=True, help="folder of <Name>/<Name>_NNNN.jpg")
@@ -39,30 +30,30 @@ def register(subparsers):
     p.add_argument("--config", "-c", help="door.yaml to take the matching settings from")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: all cores)")
-    p.set_defaults(func=_run("edge.evaluate:cmd_gallery"))
+    p.set_defaults(func=lazy("edge.evaluate:cmd_gallery"))
 
     p = evs.add_parser("video", help="run a recorded clip through the real door loop")
     p.add_argument("--video", required=True)
     p.add_argument("--enroll", required=True, help="folder of <person_id>/* photos to enrol")
     p.add_argument("--config", "-c", help="door.yaml to take the loop settings from")
     p.add_argument("--json", action="store_true", help="print a JSON list of decisions")
-    p.set_defaults(func=_run("edge.video_eval:cmd_video"))
+    p.set_defaults(func=lazy("edge.video_eval:cmd_video"))
 
     p = subparsers.add_parser("demo", help="run the whole chain on this machine with sample faces")
     p.add_argument("--workdir", help="folder for the demo's databases and logs (default: a temp dir)")
     p.add_argument("--loop-only", action="store_true",
                    help="run only the recognition loop (no broker, central or relay)")
-    p.set_defaults(func=_run("bytelocker.demo:cmd_demo"))
+    p.set_defaults(func=lazy("bytelocker.demo:cmd_demo"))
 
     door = subparsers.add_parser("door", help="run or operate a door unit")
     ds = door.add_subparsers(dest="door_command", metavar="ACTION", required=True)
     p = ds.add_parser("run", help="run the door daemon")
     p.add_argument("--config", "-c", required=True, help="door.yaml")
-    p.set_defaults(func=_run("edge.app:cmd_run"))
+    p.set_defaults(func=lazy("edge.app:cmd_run"))
     p = ds.add_parser("lock", help="engage the lock now (systemd ExecStopPost); safe after kill -9")
     p.add_argument("--config", "-c", required=True, help="door.yaml")
-    p.set_defaults(func=_run("hardware.commands:cmd_lock"))
+    p.set_defaults(func=lazy("hardware.commands:cmd_lock"))
     p = ds.add_parser("status", help="show the running door's last decision, fps, camera, broker, outbox")
     p.add_argument("--config", "-c", required=True, help="door.yaml")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_run("edge.status:cmd_status"))
+    p.set_defaults(func=lazy("edge.status:cmd_status"))

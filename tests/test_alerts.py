@@ -18,15 +18,7 @@ from central.db import open_database
 from central.store import store_available
 from config.central import CentralConfig
 from tests.postgres import postgres_cluster, postgres_url  # noqa: F401 (fixtures)
-
-
-def eventually(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+from tests.waiting import eventually
 
 
 def central_config(broker, tmp_path, mqtt_settings=None, **alert_settings):

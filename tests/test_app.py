@@ -15,6 +15,7 @@ import yaml
 from config.door import DoorConfig
 from edge import cache
 from edge.app import DoorApp
+from tests.waiting import eventually
 
 
 def write_scene(folder, astronaut, grace_hopper):
@@ -59,15 +60,6 @@ def eileen(detector, describer, astronaut):
     return describer.describe(astronaut, detector.detect(astronaut))[0]
 
 
-def wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.slow
 def test_door_grants_the_enrolled_person_once_and_reports_the_stranger(tmp_path, astronaut, grace_hopper, eileen):
     frames = write_scene(tmp_path / "frames", astronaut, grace_hopper)
@@ -76,7 +68,7 @@ def test_door_grants_the_enrolled_person_once_and_reports_the_stranger(tmp_path,
     app = DoorApp(config)
     app.start()
     try:
-        assert wait_for(lambda: app.grabber.finished and app.outbox.depth() >= 2, 60)
+        assert eventually(lambda: app.grabber.finished and app.outbox.depth() >= 2, 60)
         time.sleep(1.5)  # let the 1 s pulse end
         events = [json.loads(e.payload) for e in app.outbox.pending(100)]
     finally:
@@ -124,7 +116,7 @@ def test_lock_is_engaged_after_sigterm_during_an_unlock_pulse(tmp_path, astronau
     proc = subprocess.Popen([sys.executable, "-m", "bytelocker", "door", "run", "-c", str(door_yaml)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        unlocked = wait_for(lambda: pins.exists() and any(not l["locked"] for l in lock_lines(pins)), 90)
+        unlocked = eventually(lambda: pins.exists() and any(not l["locked"] for l in lock_lines(pins)), 90)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:

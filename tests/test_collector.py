@@ -20,15 +20,7 @@ from central.collector import Collector
 from central.store import Door, Snapshot, StoredEvent, store_events
 from config.central import CentralConfig
 from tests.postgres import postgres_cluster, postgres_url  # noqa: F401 (fixtures)
-
-
-def eventually(condition, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+from tests.waiting import eventually
 
 
 def central_config(broker, tmp_path, url=None, **collector):

@@ -14,6 +14,7 @@ from bytelocker.errors import StorageError
 from config.hardware import HardwareSection
 from hardware import open_hardware
 from hardware.door import DoorController
+from tests.waiting import eventually
 
 TOLERANCE = 0.3
 
@@ -62,15 +63,6 @@ def lock_pulses(hw):
     return found + ([None] if start is not None else [])
 
 
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 @pytest.fixture
 def door():
     config = section()
@@ -85,7 +77,7 @@ def door():
 def test_grant_gives_exactly_one_unlock_pulse_of_the_configured_length(door):
     hw, controller, events = door
     controller.grant("alice")
-    assert wait_until(lambda: hw.lock.is_locked, timeout=4)
+    assert eventually(lambda: hw.lock.is_locked, timeout=4)
     time.sleep(0.3)
     pulses = lock_pulses(hw)
     assert len(pulses) == 1
@@ -124,7 +116,7 @@ def test_fault_pattern_stays_on_and_returns_after_a_shown_pattern(door):
     controller.set_fault(True)
     assert hw.indicators.pattern == "fault"
     hw.indicators.show("denied", seconds=0.2)
-    assert wait_until(lambda: hw.indicators.pattern == "fault", timeout=2)
+    assert eventually(lambda: hw.indicators.pattern == "fault", timeout=2)
     assert hw.history("green")[-1].value == 1 and hw.history("red")[-1].value == 1
     controller.set_fault(False)
     assert hw.indicators.pattern == "idle"
@@ -182,7 +174,7 @@ def test_held_open_alarm_fires_and_clears_when_the_door_closes(door):
     hw, controller, events = door
     controller.grant("alice")
     hw.contact.simulate_open()
-    assert wait_until(lambda: "door_held_open" in events.types(), timeout=7)
+    assert eventually(lambda: "door_held_open" in events.types(), timeout=7)
     event_type, details = events.items[0]
     assert details["open_seconds"] >= 5 and details["limit_seconds"] == 5
     hw.contact.simulate_close()
@@ -205,7 +197,7 @@ def test_exit_button_unlocks_one_pulse_and_emits_exit_button(door):
     hw.exit_button.simulate_press()
     assert not hw.lock.is_locked
     assert events.types() == ["exit_button"]
-    assert wait_until(lambda: hw.lock.is_locked, timeout=4)
+    assert eventually(lambda: hw.lock.is_locked, timeout=4)
     (length,) = lock_pulses(hw)
     assert length == pytest.approx(1.0, abs=TOLERANCE)
 
@@ -241,8 +233,8 @@ def test_held_open_timer_engages_the_lock_when_emit_fails():
     try:
         hw.lock.unlock(30)  # a pulse that would outlast the alarm
         hw.contact.simulate_open()
-        assert wait_until(lambda: "door_held_open" in events.types(), timeout=7)
-        assert wait_until(lambda: hw.lock.is_locked, timeout=1)
+        assert eventually(lambda: "door_held_open" in events.types(), timeout=7)
+        assert eventually(lambda: hw.lock.is_locked, timeout=1)
         assert controller._thread.is_alive()
     finally:
         controller.close()

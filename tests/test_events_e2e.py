@@ -17,6 +17,7 @@ import pytest
 from central.collector import Collector
 from central.store import StoredEvent
 from config.central import CentralConfig
+from tests.waiting import eventually
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOOR = "door-e2e"
@@ -47,15 +48,6 @@ while outbox.depth() and not stop.wait(0.1):
 stop.set()
 publisher.join(10)
 """
-
-
-def eventually(condition, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def start_door(outbox_path, port, total, rate):

@@ -12,6 +12,7 @@ from bytelocker.errors import HardwareError
 from config.hardware import HardwareSection
 from hardware import open_hardware
 from hardware.lock import locked_level
+from tests.waiting import eventually
 
 TOLERANCE = 0.25
 
@@ -34,15 +35,6 @@ def pulses(history, unlocked_value):
     return found
 
 
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 @pytest.fixture
 def hw():
     hardware = open_hardware(simulated(), door_id="test-door")
@@ -60,7 +52,7 @@ def test_lock_is_engaged_before_anything_else_is_opened():
 
 def test_unlock_gives_one_pulse_of_the_requested_length(hw):
     hw.lock.unlock(0.5)
-    assert wait_until(lambda: hw.lock.is_locked)
+    assert eventually(lambda: hw.lock.is_locked)
     found = pulses(hw.history("lock"), unlocked_value=1)
     assert len(found) == 1
     assert found[0][1] == pytest.approx(0.5, abs=TOLERANCE)
@@ -71,13 +63,13 @@ def test_unlock_returns_at_once_and_the_lock_relocks_by_itself(hw):
     hw.lock.unlock(1.0)
     assert time.monotonic() - started < 0.2
     assert not hw.lock.is_locked
-    assert wait_until(lambda: hw.lock.is_locked, timeout=3)
+    assert eventually(lambda: hw.lock.is_locked, timeout=3)
 
 
 def test_unlock_without_seconds_uses_the_configured_pulse_length():
     with open_hardware(simulated(unlock_seconds=1), door_id="test-door") as hw:
         hw.lock.unlock()
-        assert wait_until(lambda: hw.lock.is_locked, timeout=4)
+        assert eventually(lambda: hw.lock.is_locked, timeout=4)
         (_, length), = pulses(hw.history("lock"), unlocked_value=1)
         assert length == pytest.approx(1.0, abs=TOLERANCE)
 
@@ -86,7 +78,7 @@ def test_unlock_during_a_pulse_extends_it_without_moving_the_relay_twice(hw):
     hw.lock.unlock(0.4)
     time.sleep(0.2)
     hw.lock.unlock(0.4)
-    assert wait_until(lambda: hw.lock.is_locked)
+    assert eventually(lambda: hw.lock.is_locked)
     (_, length), = pulses(hw.history("lock"), unlocked_value=1)
     assert length == pytest.approx(0.6, abs=TOLERANCE)
 
@@ -109,7 +101,7 @@ def test_locked_pin_level_follows_fail_mode_and_polarity(fail_mode, active_high,
     assert locked_level(fail_mode=fail_mode, active_high=active_high) == bool(locked_value)
     with open_hardware(simulated(fail_mode=fail_mode, active_high=active_high), door_id="test-door") as hw:
         hw.lock.unlock(0.2)
-        assert wait_until(lambda: hw.lock.is_locked)
+        assert eventually(lambda: hw.lock.is_locked)
         values = [c.value for c in hw.history("lock")]
         assert values == [locked_value, 1 - locked_value, locked_value]
 
@@ -117,7 +109,7 @@ def test_locked_pin_level_follows_fail_mode_and_polarity(fail_mode, active_high,
 def test_active_low_relay_gets_inverted_pin_levels():
     with open_hardware(simulated(active_high=False), door_id="test-door") as hw:
         hw.lock.unlock(0.2)
-        assert wait_until(lambda: hw.lock.is_locked)
+        assert eventually(lambda: hw.lock.is_locked)
         found = pulses(hw.history("lock"), unlocked_value=0)
         assert len(found) == 1 and found[0][1] == pytest.approx(0.2, abs=TOLERANCE)
 
@@ -125,10 +117,10 @@ def test_active_low_relay_gets_inverted_pin_levels():
 def test_lock_is_engaged_after_the_pulse_thread_fails_to_write(hw):
     hw.lock.unlock(0.2)
     hw.lock._line.inject_fault(OSError("GPIO write failed"))
-    assert wait_until(lambda: hw.lock.is_locked, timeout=3)
+    assert eventually(lambda: hw.lock.is_locked, timeout=3)
     # The thread survived: the next pulse still ends by itself.
     hw.lock.unlock(0.2)
-    assert wait_until(lambda: hw.lock.is_locked, timeout=3)
+    assert eventually(lambda: hw.lock.is_locked, timeout=3)
     assert len(pulses(hw.history("lock"), unlocked_value=1)) == 2
 
 

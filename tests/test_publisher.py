@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -15,17 +14,9 @@ from config.mqtt import MqttSection
 from edge.outbox import Outbox
 from edge.publisher import Publisher
 from tests.brokers import Mosquitto
+from tests.waiting import eventually
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def eventually(condition, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 class Listener:

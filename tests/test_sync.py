@@ -20,19 +20,10 @@ from config.mqtt import MqttSection
 from edge import cache
 from edge.match import MATCH, match
 from edge.sync import DoorSync, encode_person
+from tests.waiting import eventually
 
 DOOR = "door-1"
 PREFIX = "bltest"
-
-
-def wait_until(predicate, timeout=10.0, interval=0.02):
-    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +166,7 @@ def forged_change(version, descriptor, target="all", person_id="mallory"):
 def test_enrolled_person_is_granted_at_online_door(system, faces):
     central, door = system
     registry.enrol("eileen", [faces["eileen"]], name="Eileen Collins", groups=["crew"])
-    assert wait_until(lambda: door.gallery is not None and door.grants(faces["eileen"]) == "eileen")
+    assert eventually(lambda: door.gallery is not None and door.grants(faces["eileen"]) == "eileen")
     assert door.grants(faces["grace"]) is None
     assert cache.people()["eileen"].groups == ["crew"]
 
@@ -188,17 +179,17 @@ def test_person_enrolled_from_real_photos_is_granted_at_door(system, shared_data
     folder = shared_data / "people" / "Kit_Harington"
     enrol_photos("kit", [str(folder / "john1.jpeg"), str(folder / "john2.jpeg")], checker, name="Kit Harington")
     probe = checker.check_file(str(folder / "johnsnow_test1.jpg")).descriptor
-    assert wait_until(lambda: door.gallery is not None and door.grants(probe) == "kit")
+    assert eventually(lambda: door.gallery is not None and door.grants(probe) == "kit")
 
 
 def test_revocation_reaches_online_door_within_2_seconds(system, faces):
     central, door = system
     registry.enrol("eileen", [faces["eileen"]])
-    assert wait_until(lambda: door.gallery is not None and door.grants(faces["eileen"]) == "eileen")
+    assert eventually(lambda: door.gallery is not None and door.grants(faces["eileen"]) == "eileen")
     started = time.monotonic()
     # No notify(): the same path as `bytelocker revoke` run in another process.
     registry.revoke("eileen")
-    wait_until(lambda: door.grants(faces["eileen"]) is None, timeout=5)
+    eventually(lambda: door.grants(faces["eileen"]) is None, timeout=5)
     elapsed = time.monotonic() - started
     assert door.grants(faces["eileen"]) is None
     assert elapsed < 2.0, f"revocation took {elapsed:.2f} s to reach the door"
@@ -207,16 +198,16 @@ def test_revocation_reaches_online_door_within_2_seconds(system, faces):
 def test_forget_erases_person_from_door_cache(system, faces):
     central, door = system
     registry.enrol("eileen", [faces["eileen"]], name="Eileen Collins")
-    assert wait_until(lambda: "eileen" in cache.people())
+    assert eventually(lambda: "eileen" in cache.people())
     registry.forget("eileen")
-    assert wait_until(lambda: "eileen" not in cache.people() and door.grants(faces["eileen"]) is None)
+    assert eventually(lambda: "eileen" not in cache.people() and door.grants(faces["eileen"]) is None)
 
 
 def test_person_limited_to_another_door_is_not_granted_here(system, faces):
     central, door = system
     registry.enrol("grace", [faces["grace"]], doors=["door-2"])
     registry.enrol("eileen", [faces["eileen"]])
-    assert wait_until(synced(door))
+    assert eventually(synced(door))
     assert door.grants(faces["eileen"]) == "eileen"
     assert door.grants(faces["grace"]) is None
 
@@ -226,15 +217,15 @@ def test_door_that_was_down_converges_to_central_after_restart(broker, central_d
     door = Door(broker, signing.public_key_b64(key)).start()
     try:
         registry.enrol("eileen", [faces["eileen"]])
-        assert wait_until(lambda: door.gallery is not None and door.grants(faces["eileen"]) == "eileen")
+        assert eventually(lambda: door.gallery is not None and door.grants(faces["eileen"]) == "eileen")
         door.close()
         registry.enrol("grace", [faces["grace"]])
         registry.revoke("eileen")
-        assert wait_until(lambda: not registry.unpublished_changes())
+        assert eventually(lambda: not registry.unpublished_changes())
         # Offline, the door still enforces what it last knew.
         assert sorted(cache.people()) == ["eileen"]
         door = Door(broker, signing.public_key_b64(key)).start()
-        assert wait_until(synced(door))
+        assert eventually(synced(door))
         assert sorted(cache.people()) == ["grace"]
         assert door.grants(faces["grace"]) == "grace"
         assert door.grants(faces["eileen"]) is None
@@ -246,15 +237,15 @@ def test_door_that_was_down_converges_to_central_after_restart(broker, central_d
 def test_door_cut_off_by_a_broker_outage_applies_the_revocation_when_it_reconnects(system, faces, broker):
     central, door = system
     registry.enrol("eileen", [faces["eileen"]])
-    assert wait_until(synced(door))
+    assert eventually(synced(door))
     broker.stop()
-    assert wait_until(lambda: not door.sync.connected.is_set())
+    assert eventually(lambda: not door.sync.connected.is_set())
     registry.revoke("eileen")
     time.sleep(0.5)
     # Cut off, the door keeps enforcing what it last knew.
     assert door.grants(faces["eileen"]) == "eileen"
     broker.start()
-    assert wait_until(synced(door), timeout=20)
+    assert eventually(synced(door), timeout=20)
     assert door.grants(faces["eileen"]) is None
 
 
@@ -269,7 +260,7 @@ def test_changes_made_while_central_is_down_reach_doors_when_it_starts(broker, c
         time.sleep(0.3)
         assert cache.cache_version() == 0
         central = Central(broker, key).start()
-        assert wait_until(synced(door))
+        assert eventually(synced(door))
         assert sorted(cache.people()) == ["eileen"]
     finally:
         door.close()
@@ -282,14 +273,14 @@ def test_door_too_far_behind_the_log_gets_a_full_snapshot(broker, central_db, do
     door = Door(broker, signing.public_key_b64(key)).start()
     try:
         registry.enrol("eileen", [faces["eileen"]])
-        assert wait_until(synced(door))
+        assert eventually(synced(door))
         door.close()
         for _ in range(3):
             registry.enrol("grace", [faces["grace"]])
         registry.revoke("eileen")
         registry.prune_log(keep=1)
         door = Door(broker, signing.public_key_b64(key)).start()
-        assert wait_until(synced(door))
+        assert eventually(synced(door))
         assert sorted(cache.people()) == ["grace"]
         assert len(door.gallery.matrix) == 3
     finally:
@@ -306,7 +297,7 @@ def test_damaged_cache_is_rebuilt_from_a_snapshot(broker, central_db, door_cache
         cache.set_cache_version(1)
         door = Door(broker, signing.public_key_b64(key)).start()
         try:
-            assert wait_until(synced(door))
+            assert eventually(synced(door))
             assert sorted(cache.people()) == ["eileen"]
         finally:
             door.close()
@@ -317,7 +308,7 @@ def test_damaged_cache_is_rebuilt_from_a_snapshot(broker, central_db, door_cache
 # --- attacks: the cache never changes, and the door says why ------------------------------
 
 def assert_rejected(door, caplog, before, error_type):
-    assert wait_until(lambda: door.rejections, timeout=5), "the door did not report the rejection"
+    assert eventually(lambda: door.rejections, timeout=5), "the door did not report the rejection"
     assert isinstance(door.rejections[-1], error_type)
     assert cache_state() == before
     assert "rejected an enrolment update" in caplog.text
@@ -326,7 +317,7 @@ def assert_rejected(door, caplog, before, error_type):
 def settled(system, faces):
     central, door = system
     registry.enrol("eileen", [faces["eileen"]])
-    assert wait_until(synced(door))
+    assert eventually(synced(door))
     return central, door
 
 
@@ -354,10 +345,10 @@ def test_replayed_old_signed_change_is_rejected(system, faces, attacker, caplog)
     caplog.set_level(logging.WARNING)
     central, door = settled(system, faces)
     all_topic = contract.updates_topic(PREFIX)
-    assert wait_until(lambda: [p for t, p in attacker.seen if t == all_topic])
+    assert eventually(lambda: [p for t, p in attacker.seen if t == all_topic])
     old_enrolment = [p for t, p in attacker.seen if t == all_topic][0]
     registry.revoke("eileen")
-    assert wait_until(synced(door))
+    assert eventually(synced(door))
     before = cache_state()
     attacker.publish(all_topic, old_enrolment)
     assert_rejected(door, caplog, before, ReplayError)
@@ -368,11 +359,11 @@ def test_second_delivery_of_the_latest_change_is_ignored_quietly(system, faces, 
     caplog.set_level(logging.INFO)
     central, door = settled(system, faces)
     all_topic = contract.updates_topic(PREFIX)
-    assert wait_until(lambda: [p for t, p in attacker.seen if t == all_topic])
+    assert eventually(lambda: [p for t, p in attacker.seen if t == all_topic])
     latest = [p for t, p in attacker.seen if t == all_topic][-1]
     before = cache_state()
     attacker.publish(all_topic, latest)
-    assert wait_until(lambda: "arrived again; already applied" in caplog.text, timeout=5)
+    assert eventually(lambda: "arrived again; already applied" in caplog.text, timeout=5)
     assert door.rejections == []
     assert cache_state() == before
 
@@ -422,7 +413,7 @@ def test_replayed_catch_up_answer_is_rejected(system, faces, attacker, caplog):
     # for what it missed and gets a signed answer on its own topic.
     registry.enrol("grace", [faces["grace"]], doors=["door-2"])
     registry.enrol("eileen", [faces["eileen"]])
-    assert wait_until(synced(door))
+    assert eventually(synced(door))
     own_topic = contract.updates_topic(PREFIX, DOOR)
     answers = [p for t, p in attacker.seen if t == own_topic]
     assert answers, "the door's catch-up answer was not seen on the broker"
@@ -452,7 +443,7 @@ def test_update_refused_by_the_broker_acl_stays_in_the_log(tmp_path, central_db,
     central = Central(broker, key).start()
     try:
         registry.enrol("eileen", [faces["eileen"]])
-        assert wait_until(lambda: "refused an update" in caplog.text, timeout=5)
+        assert eventually(lambda: "refused an update" in caplog.text, timeout=5)
         assert [c.version for c in registry.unpublished_changes()] == [1]
     finally:
         central.close()

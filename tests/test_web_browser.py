@@ -15,7 +15,6 @@ import datetime as dt
 import os
 import shutil
 import threading
-import time
 
 import cv2
 import numpy as np
@@ -28,6 +27,7 @@ from central import registry
 from central.clusters import StrangerClusters
 from central.store import StoredEvent
 from config.central import CentralConfig
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +35,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "correct horse battery"
-
-
-def eventually(condition, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def face_crop(rgb, detector, grow=0.35):
