@@ -102,23 +102,13 @@ class DoorApp:
         from edge.pipeline import build_loop
         from edge.policy import AccessPolicy
 
-        self.loop = build_loop(self.config, cache.load_gallery())
-        self.loop.describer.engine = self._make_engine(self.loop.describer)
-        self.policy = AccessPolicy.from_config(self.config)
-
-    def _make_engine(self, describer):
-        """The descriptor engine named in YAML, falling back to dlib if it fails its check."""
-        if self.config.recognition.engine == "dlib":
-            return describer.engine
-        from edge.fast_engine import make_engine
-
-        engine = make_engine(self.config.recognition,
-                             cache_dir=os.path.join(self.config.door.data_dir, "engine"))
-        reason = getattr(engine, "fallback_reason", None)
+        self.loop = build_loop(self.config, cache.load_gallery(),
+                               engine_cache_dir=os.path.join(self.config.door.data_dir, "engine"))
+        reason = getattr(self.loop.describer.engine, "fallback_reason", None)
         if reason:
             self._engine_note = f"fast engine refused, using dlib: {reason}"
             logger.warning("door=%s %s", self.door_id, self._engine_note)
-        return engine
+        self.policy = AccessPolicy.from_config(self.config)
 
     def _open_camera(self):
         from hardware.camera import FrameGrabber, check_backend
