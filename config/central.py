@@ -54,7 +54,11 @@ class WebSection(Section):
     enabled: bool = Field(True, description="Serve the staff dashboard; false makes 'bytelocker central web' refuse to start.")
     host: str = Field("127.0.0.1", min_length=1, max_length=255, description="Address to listen on; keep loopback and put nginx with TLS in front (docs/dashboard.md).")
     port: int = Field(8080, ge=1, le=65535, description="TCP port to listen on.")
-    day_start: dt.time = Field(dt.time(9, 0), description="Arrivals after this time of day (UTC, like the reports) are listed as late.")
+    day_start: dt.time = Field(
+        dt.time(9, 0),
+        description="A first entry after this time of day is listed as late on the dashboard; the site's local "
+        "time (site.timezone), like the attendance report.",
+    )
     cookie_secure: bool = Field(False, description="Send the session cookie over HTTPS only; set true behind a TLS proxy.")
     behind_proxy: bool = Field(False, description="Trust one proxy's X-Forwarded-For/-Proto (nginx on this host), so login limits see the real client address.")
     session_hours: float = Field(12.0, ge=0.1, le=720, description="A login lasts this long, hours.")

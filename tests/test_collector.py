@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from bytelocker import contract
-from central import reports, retention
+from central import attendance, reports, retention
 from central.collector import Collector
 from central.store import Door, Snapshot, StoredEvent, store_events
 from config.central import CentralConfig
@@ -248,9 +248,9 @@ def test_postgres_storage_is_idempotent_and_reports_work(broker, tmp_path, colle
     assert eventually(lambda: collector.stats["stored"] + collector.stats["duplicates"] == 36)
     assert collector.stats["stored"] == 31
     assert StoredEvent.select().count() == 31
-    rows = reports.attendance(day.date())
-    assert sorted(r["person_id"] for r in rows) == ["p0", "p1", "p2"]
-    assert sum(r["events"] for r in rows) == 30
+    rows = attendance.report(day.date(), day.date(), "UTC")
+    assert sorted(r.person_id for r in rows) == ["p0", "p1", "p2"]
+    assert sum(len(r.passes) for r in rows) == 30
     assert reports.unidentified(day.replace(tzinfo=None) - dt.timedelta(hours=1))[0]["snapshot_path"]
     door.close()
 

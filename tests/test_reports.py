@@ -11,7 +11,7 @@ from bytelocker.cli import main
 from central import reports
 from central.commands import parse_time
 from central.db import open_database
-from central.store import store_available, store_events, store_status
+from central.store import store_events
 
 DAY = dt.date(2026, 11, 24)
 
@@ -60,39 +60,7 @@ def day_of_events(tmp_path):
     events.append(contract.Event.build("lab", 99, "granted", {"person_id": "dave"}, ts=at(0) - dt.timedelta(minutes=1)))
     events.append(contract.Event.build("lab", 100, "granted", {"person_id": "dave"}, ts=at(0) + dt.timedelta(days=1)))
     store_events(events, str(tmp_path / "snapshots"))
-    store_available(contract.Available(door_id="lab", state="online"))
-    store_available(contract.Available(door_id="front-in", state="offline"))
-    store_status(contract.Status.model_validate(
-        {"schema": 1, "door_id": "lab", "ts": contract.utc_now(), "outbox_depth": 4}))
     return url
-
-
-def test_attendance_gives_first_entry_last_exit_and_time_on_site(day_of_events):
-    rows = {r["person_id"]: r for r in reports.attendance(DAY)}
-    assert set(rows) == {"alice", "bob", "carol"}
-    alice = rows["alice"]
-    assert alice["first_entry"] == at(8, 2)
-    assert alice["last_exit"] == at(17, 45)
-    assert alice["time_on_site"] == at(17, 45) - at(8, 2)
-    assert alice["doors"] == "front-in,front-out,lab"
-    assert alice["events"] == 5
-
-
-def test_attendance_without_directions_uses_the_last_sighting(day_of_events):
-    bob = {r["person_id"]: r for r in reports.attendance(DAY)}["bob"]
-    assert bob["first_entry"] == at(10, 0)
-    assert bob["last_exit"] is None
-    assert bob["last_seen"] == at(15, 30)
-    assert bob["time_on_site"] == dt.timedelta(hours=5, minutes=30)
-
-
-def test_attendance_ignores_denied_events(day_of_events):
-    carol = {r["person_id"]: r for r in reports.attendance(DAY)}["carol"]
-    assert carol["first_entry"] == at(8, 30) and carol["events"] == 1
-
-
-def test_attendance_is_ordered_by_arrival(day_of_events):
-    assert [r["person_id"] for r in reports.attendance(DAY)] == ["alice", "carol", "bob"]
 
 
 def test_unidentified_lists_snapshots_since_a_time(day_of_events):
@@ -100,19 +68,6 @@ def test_unidentified_lists_snapshots_since_a_time(day_of_events):
     assert [(r["door_id"], r["ts"]) for r in rows] == [("lab", at(19, 5))]
     assert rows[0]["snapshot_path"].endswith(".jpg")
     assert len(reports.unidentified(at(0))) == 2
-
-
-def test_doors_report_gives_state_last_seen_and_outbox_depth(day_of_events):
-    rows = {r["door_id"]: r for r in reports.doors()}
-    assert rows["lab"]["state"] == "online" and rows["lab"]["outbox_depth"] == 4
-    assert rows["front-in"]["state"] == "offline"
-    assert rows["front-out"]["state"] == "unknown"
-    assert rows["lab"]["events_stored"] == 8
-
-
-def test_doors_report_marks_an_online_door_gone_quiet_as_silent(day_of_events):
-    later = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(hours=1)
-    assert {r["door_id"]: r["state"] for r in reports.doors(now=later)}["lab"] == "silent"
 
 
 def test_events_report_filters_by_door_and_time(day_of_events):

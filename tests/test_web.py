@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bytelocker import contract
-from central import db, registry, store
+from central import attendance, db, registry, store
 from central.clusters import Sighting, StrangerCluster
 from central.web import auth, create_app
 from config.central import CentralConfig
@@ -78,6 +78,13 @@ def admin(app):
 def viewer(app):
     client = app.test_client()
     assert log_in(client, "vic").status_code == 302
+    return client
+
+
+def client_at(config, when, username="ada"):
+    """A logged-in client of a dashboard whose clock reads ``when`` (naive UTC)."""
+    client = create_app(config, secret_key="test-secret-key", clock=lambda: when).test_client()
+    assert log_in(client, username).status_code == 302
     return client
 
 
@@ -251,21 +258,128 @@ def test_pages_forbid_inline_script(admin):
 
 # ------------------------------------------------------------- today/events
 
-def test_today_shows_on_site_and_late_arrivals(admin, site):
-    html = admin.get("/").get_data(as_text=True)
-    late = html.split("Late arrivals", 1)[1].split("</section>", 1)[0]
+def card(html, title):
+    return html.split(title, 1)[1].split("</section>", 1)[0]
+
+
+def test_today_shows_on_site_and_late_arrivals(app, config, site):
+    client = client_at(config, dt.datetime.combine(site["day"], dt.time(18, 0)))
+    html = client.get("/").get_data(as_text=True)
+    late = card(html, "Late arrivals")
     assert "Bob Jones" in late and "Alice Smith" not in late
-    on_site = html.split("On site now", 1)[1].split("</section>", 1)[0]
+    on_site = card(html, "On site now")
     assert "Bob Jones" in on_site and "Alice Smith" not in on_site  # alice left at 17:00
 
 
-def test_today_csv_downloads_the_day(admin, site):
+def test_today_csv_downloads_the_day_as_the_attendance_report(admin, site):
     response = admin.get(f"/today.csv?date={site['day'].isoformat()}")
     assert response.mimetype == "text/csv"
     assert "attachment" in response.headers["Content-Disposition"]
     lines = response.get_data(as_text=True).splitlines()
-    assert lines[0].startswith("person_id,name,first_entry")
-    assert any(line.startswith("bob,Bob Jones,") and ",True," in line for line in lines)
+    assert lines[0] == ",".join(attendance.CSV_COLUMNS)
+    day = site["day"].isoformat()
+    assert any(line.startswith(f"{day},alice,Alice Smith,,{day}T08:50:00+00:00,{day}T17:00:00+00:00,490,8h10,")
+               for line in lines)
+    assert any(line.startswith(f"{day},bob,Bob Jones,staff,{day}T09:40:00+00:00,,0,") for line in lines)
+
+
+def test_today_csv_defuses_spreadsheet_formulas(admin, config):
+    registry.enrol("mallory", np.ones((1, 128)) * 0.01, name="=HYPERLINK(\"http://evil.example\")")
+    day = dt.date(2026, 11, 20)
+    store.store_events([event("front", 1, "granted", dt.datetime(2026, 11, 20, 9), "mallory", "entry")],
+                       config.storage.snapshot_dir)
+    text = admin.get(f"/today.csv?date={day.isoformat()}").get_data(as_text=True)
+    assert "'=HYPERLINK(" in text and ",=HYPERLINK(" not in text
+
+
+BERLIN_DAY = dt.date(2026, 11, 21)  # CET, UTC+1
+
+
+def utc(day, hour, minute=0):
+    return dt.datetime.combine(day, dt.time(hour, minute))
+
+
+@pytest.fixture
+def berlin(app, config):
+    """A site in Berlin: a night arrival just after local midnight, one person on time and one late."""
+    config.site.timezone = "Europe/Berlin"
+    rng = np.random.default_rng(5)
+    for person, name in [("nina", "Nina Night"), ("emil", "Emil Early"), ("lara", "Lara Late")]:
+        registry.enrol(person, rng.normal(size=(1, 128)) * 0.1, name=name)
+    before = BERLIN_DAY - dt.timedelta(days=1)
+    store.store_events([
+        event("front", 1, "granted", utc(before, 23, 30), "nina", "entry"),      # 00:30 local, on the 21st
+        event("front", 2, "granted", utc(BERLIN_DAY, 7, 45), "emil", "entry"),   # 08:45 local: on time
+        event("front", 3, "granted", utc(BERLIN_DAY, 8, 30), "lara", "entry"),   # 09:30 local: late
+        event("front", 4, "granted", utc(BERLIN_DAY, 16, 0), "emil", "exit"),    # 17:00 local
+    ], config.storage.snapshot_dir)
+    return config
+
+
+def test_today_counts_a_day_in_the_sites_time_zone(berlin, admin):
+    html = admin.get(f"/?date={BERLIN_DAY.isoformat()}").get_data(as_text=True)
+    row = html.split("<td>nina</td>", 1)[1].split("</tr>", 1)[0]
+    assert "<td>00:30:00</td>" in row
+    assert "<title>00:00 1</title>" in html  # arrivals per local hour
+    emil = html.split("<td>emil</td>", 1)[1].split("</tr>", 1)[0]
+    assert "<td>08:45:00</td><td>17:00:00</td><td>8h15</td>" in emil
+    day_before = admin.get(f"/?date={(BERLIN_DAY - dt.timedelta(days=1)).isoformat()}").get_data(as_text=True)
+    assert "Nina Night" not in day_before  # 23:30 UTC is not the 20th in Berlin
+    assert "Nina Night" in card(html, "No exit recorded")  # a past day: who never left
+    csv_text = admin.get(f"/today.csv?date={BERLIN_DAY.isoformat()}").get_data(as_text=True)
+    assert f"{BERLIN_DAY},nina,Nina Night,,{BERLIN_DAY}T00:30:00+01:00,," in csv_text
+
+
+@pytest.mark.parametrize("date", ["2026-02-30", "yesterday", "0001-01-01", "9999-12-31"])
+def test_today_refuses_a_date_it_cannot_report(admin, date):
+    assert admin.get(f"/?date={date}").status_code == 400
+    assert admin.get(f"/today.csv?date={date}").status_code == 400
+
+
+def test_late_compares_day_start_with_the_sites_local_time(berlin, admin):
+    # day_start is 09:00: both arrived before 09:00 UTC, but Lara at 09:30 Berlin time.
+    html = admin.get(f"/?date={BERLIN_DAY.isoformat()}").get_data(as_text=True)
+    late = card(html, "Late arrivals")
+    assert "Lara Late" in late and "at 09:30" in late
+    assert "Emil Early" not in late and "Nina Night" not in late
+    assert '<tr class="late">\n  <td>lara</td>' in html
+
+
+def test_on_site_now_keeps_a_night_shift_past_local_midnight(berlin, config):
+    # 06:00 in Berlin on the 22nd: Lara (no exit seen) arrived 20h30 ago, longer than a visit lasts,
+    # so only a shift begun last night counts as on site.
+    night = BERLIN_DAY + dt.timedelta(days=1)
+    store.store_events([event("front", 5, "granted", utc(BERLIN_DAY, 21, 0), "nina", "entry")],
+                       config.storage.snapshot_dir)
+    html = client_at(config, utc(night, 5, 0)).get("/").get_data(as_text=True)
+    assert "<h1>Today</h1>" in html and "No one was let in on this day." in html
+    on_site = card(html, "On site now")
+    assert "Nina Night" in on_site and f"since {BERLIN_DAY.isoformat()} 22:00" in on_site
+    assert "Lara Late" not in on_site and "Emil Early" not in on_site
+
+
+def test_doors_show_door_health_and_go_silent(app, config, site):
+    version = registry.current_version()
+    store.store_available(contract.Available(door_id="front", state="online", ts=now() - dt.timedelta(hours=2)))
+    store.store_status(contract.Status.model_validate({
+        "schema": 1, "door_id": "front", "ts": now(), "fps": 0.0, "camera": "lost",
+        "cache_version": version - 1, "outbox_depth": 7}))
+    store.store_available(contract.Available(door_id="back", state="offline", ts=now() - dt.timedelta(minutes=30)))
+    store.store_events([event("lab", 1, "granted", now(), "alice", "entry")], config.storage.snapshot_dir)
+    doors = {d["door_id"]: d for d in client_at(config, now()).get("/doors.json").get_json()["doors"]}
+    front, back, lab = doors["front"], doors["back"], doors["lab"]
+    assert front["state"] == "online" and front["state_for"] in ("1h59", "2h00")
+    assert front["camera"] == "lost" and not front["camera_ok"] and front["outbox_depth"] == 7
+    assert front["behind"] and front["flags"] == ["camera_lost", "behind"]
+    assert front["events_stored"] == 3 and back["events_stored"] == 2
+    assert back["state"] == "offline" and back["flags"] == ["offline"]
+    assert lab["state"] == "unknown" and lab["state_for"] == "" and lab["events_stored"] == 1  # only events heard
+    # An online door not heard from for five minutes is silent.
+    later = client_at(config, now() + dt.timedelta(hours=1))
+    assert {d["door_id"]: d["state"] for d in later.get("/doors.json").get_json()["doors"]}["front"] == "silent"
+    html = later.get("/doors").get_data(as_text=True)
+    assert '<span class="tag state-silent">silent</span> <span class="muted">for 3h' in html
+    assert '<span class="tag warn">lost</span>' in html
 
 
 def test_events_filter_by_person_and_type(admin, site):

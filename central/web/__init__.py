@@ -24,6 +24,7 @@ from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 
 from central.db import database
+from central.store import utcnow
 from central.web import auth
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def read_secret_key():
     return secrets.read_secret(SECRET_KEY_NAME, SECRET_KEY_ENV)
 
 
-def create_app(config, *, secret_key=None, checker=None):
+def create_app(config, *, secret_key=None, checker=None, clock=None):
     """Return the dashboard's Flask app for ``config`` (a :class:`~config.central.CentralConfig`).
 
     :param secret_key: signs session cookies and CSRF tokens.  None reads
@@ -57,6 +58,9 @@ def create_app(config, *, secret_key=None, checker=None):
         so logins do not survive a restart (logged as a warning).
     :param checker: a :class:`central.enrolment.PhotoChecker` for enrolment
         uploads; None loads one (and the face models) on the first upload.
+    :param clock: returns "now" as a naive UTC datetime, for what the pages
+        show as today, on site now and silent doors; None is the real clock.
+        Tests pin it to a time of day.
     """
     web = config.web
     app = Flask(__name__)
@@ -89,6 +93,7 @@ def create_app(config, *, secret_key=None, checker=None):
         "limiter": auth.LoginLimiter(web.login_failures_max, web.login_window_minutes * 60),
         "checker": checker,
         "checker_lock": threading.Lock(),
+        "clock": clock or utcnow,
         "snapshot_dir": os.path.realpath(config.storage.snapshot_dir),
     }
 

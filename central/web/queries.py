@@ -1,12 +1,13 @@
 """What the dashboard reads that central's modules do not offer (yet).
 
-The pages call :mod:`central.reports`, :mod:`central.registry`,
-:mod:`central.enrolment` and :mod:`central.clusters` first.  This module
-holds only the thin queries they lack: the events log newest first with a
-person filter, the latest events per door, the sightings of stranger
-clusters, who is on site from an attendance report, and erasing a stranger
-cluster's files.  When a central module grows one of these, the page should
-call that instead and the function here should go.
+The pages call :mod:`central.attendance`, :mod:`central.door_health`,
+:mod:`central.registry`, :mod:`central.enrolment` and :mod:`central.clusters`
+first.  This module holds only the thin queries they lack: late arrivals and
+arrivals per hour from an attendance report, events stored per door, the
+events log newest first with a person filter, the latest events per door, the
+sightings of stranger clusters, and erasing a stranger cluster's files.
+When a central module grows one of these, the page should call that instead
+and the function here should go.
 """
 
 import collections
@@ -15,15 +16,14 @@ import json
 import logging
 import os
 
-from central import reports
+import peewee as pw
+
+from central import attendance
 from central.clusters import Sighting, StrangerCluster, StrangerClusters
 from central.db import database
-from central.registry import Person
 from central.store import Door, Snapshot, StoredEvent
 
 logger = logging.getLogger(__name__)
-
-DOOR_STATUS_KEYS = ("camera", "fps", "cache_version", "uptime_seconds", "broker")
 
 
 def utcnow():
@@ -32,41 +32,43 @@ def utcnow():
 
 # ----------------------------------------------------------------- today
 
-def person_names(person_ids):
-    """``{person_id: name}`` of the enrolled people among ``person_ids``."""
-    ids = list({p for p in person_ids if p})
-    names = {}
-    for start in range(0, len(ids), 500):
-        names.update(Person.select(Person.person_id, Person.name)
-                     .where(Person.person_id.in_(ids[start:start + 500])).tuples())
-    return names
+def today_rows(records, day_start):
+    """The Today table: :func:`central.attendance.table_row` of each record, plus ``record`` and ``late``.
 
-
-def today_rows(day, day_start):
-    """:func:`central.reports.attendance` of ``day`` with ``name``, ``late`` and ``on_site`` added.
-
-    ``late`` is a first entry after ``day_start`` (a :class:`datetime.time`).
-    ``on_site`` is True when the person's last event of the day was not an
-    exit; at doors without an entry/exit role every event counts as an entry,
-    so everyone seen that day then shows as on site.
+    ``records`` are :class:`central.attendance.DayRecord` objects of one day;
+    ``late`` is a first entry after ``day_start`` (a :class:`datetime.time`
+    read on the site's clock, like the records' times).
     """
-    rows = reports.attendance(day)
-    names = person_names(r["person_id"] for r in rows)
-    for row in rows:
-        row["name"] = names.get(row["person_id"], "")
-        arrived = row["first_entry"]
-        row["late"] = bool(arrived and arrived.time() > day_start)
-        row["on_site"] = row["last_exit"] is None or row["last_exit"] < row["last_seen"]
+    rows = []
+    for record in records:
+        arrived = record.first_in
+        rows.append(dict(attendance.table_row(record), record=record,
+                         late=arrived is not None and arrived.time() > day_start))
     return rows
 
 
-def arrivals_per_hour(rows):
-    """24 counts: how many first entries fell in each UTC hour of the day."""
+def arrivals_per_hour(records):
+    """24 counts: how many first entries fell in each local hour of the site's day."""
     counts = [0] * 24
-    for row in rows:
-        if row["first_entry"] is not None:
-            counts[row["first_entry"].hour] += 1
+    for record in records:
+        if record.first_in is not None:
+            counts[record.first_in.hour] += 1
     return counts
+
+
+def without_exit(records):
+    """Who was still in at the end of a past day: records whose last visit has an entry and no exit.
+
+    Dicts like :func:`central.attendance.on_site`'s: ``person_id``, ``name``
+    and ``since`` (that visit's entry, local).  Such a visit is flagged
+    ``missing_exit``, or ``on_site`` when it is still open now.
+    """
+    rows = []
+    for record in records:
+        last = record.visits[-1]
+        if last.entry is not None and last.exit is None:
+            rows.append({"person_id": record.person_id, "name": record.name, "since": last.entry.local})
+    return rows
 
 
 def csv_safe(value):
@@ -77,15 +79,10 @@ def csv_safe(value):
 
 # ----------------------------------------------------------------- doors
 
-def door_rows(now=None):
-    """:func:`central.reports.doors` with the camera, fps and enrolment version of each door's status."""
-    rows = reports.doors(now=now)
-    statuses = {d.door_id: d.status for d in Door.select(Door.door_id, Door.status_json)}
-    for row in rows:
-        status = statuses.get(row["door_id"], {})
-        for key in DOOR_STATUS_KEYS:
-            row[key] = status.get(key)
-    return rows
+def events_stored_by_door():
+    """``{door_id: number of stored events}`` (:func:`central.door_health.door_health` does not count them)."""
+    return dict(StoredEvent.select(StoredEvent.door_id, pw.fn.COUNT(StoredEvent.id))
+                .group_by(StoredEvent.door_id).tuples())
 
 
 def latest_events_by_door(per_door=5):

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import tempfile
+from zoneinfo import ZoneInfo
 
 from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request,
                    send_file, session, url_for)
@@ -21,8 +22,9 @@ from werkzeug.utils import secure_filename
 
 from bytelocker import contract
 from bytelocker.errors import EnrolmentError
-from central import registry
+from central import attendance, registry
 from central.clusters import StrangerCluster, StrangerClusters, clusters as list_clusters
+from central.door_health import CAMERA_OK, door_health
 from central.web import auth, queries
 
 logger = logging.getLogger(__name__)
@@ -37,8 +39,8 @@ UNCLUSTERED_DAYS = 7
 CLUSTERS_SHOWN = 100
 SIGHTINGS_SHOWN = 24
 PROMOTE_PHOTOS = 20
-TODAY_CSV_COLUMNS = ["person_id", "name", "first_entry", "last_exit", "last_seen", "time_on_site", "late",
-                     "doors", "events"]
+FIRST_DAY = dt.date(1970, 1, 1)
+LAST_DAY = dt.date(9998, 12, 31)
 
 
 def _state():
@@ -50,7 +52,7 @@ def _config():
 
 
 def format_when(value, fmt="%Y-%m-%d %H:%M:%S"):
-    """A naive UTC datetime as text ("" for None)."""
+    """A datetime as text in its own zone ("" for None): naive UTC, or the site's local time."""
     return value.strftime(fmt) if value else ""
 
 
@@ -62,8 +64,21 @@ def format_duration(value):
     return f"{minutes // 60}h{minutes % 60:02d}"
 
 
+def _now():
+    """Naive UTC now, from the app's clock."""
+    return _state()["clock"]()
+
+
+def _site():
+    """``(timezone, max_visit)``: ``site.timezone`` and ``attendance.max_visit_hours`` of central.yaml."""
+    config = _config()
+    return config.site.timezone, dt.timedelta(hours=config.attendance.max_visit_hours)
+
+
 def _today():
-    return dt.datetime.now(dt.timezone.utc).date()
+    """The site's local date now."""
+    timezone, _ = _site()
+    return _now().replace(tzinfo=dt.timezone.utc).astimezone(ZoneInfo(timezone)).date()
 
 
 def _client_address():
@@ -122,36 +137,52 @@ def _day_arg():
     if not text:
         return _today()
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
         abort(400, description="The date must look like 2026-11-25.")
+    # A report reaches days beyond its own (night shifts, time zones): keep clear of date.min and date.max.
+    if not FIRST_DAY <= day <= LAST_DAY:
+        abort(400, description=f"The date must be between {FIRST_DAY} and {LAST_DAY}.")
+    return day
 
 
 @bp.route("/")
 @login_required
 def today():
-    """Who came on a day (today by default): on site now, first in, last out, late arrivals."""
+    """Who came on a local day (today by default): on site now, first in, last out, late arrivals.
+
+    Days, times and ``web.day_start`` are the site's (``site.timezone``), as
+    in ``bytelocker report attendance``.
+    """
     day = _day_arg()
+    timezone, max_visit = _site()
     day_start = _config().web.day_start
-    rows = queries.today_rows(day, day_start)
-    counts = queries.arrivals_per_hour(rows)
+    now = _now()
+    records = attendance.report(day, day, timezone, max_visit=max_visit, now=now)
+    rows = queries.today_rows(records, day_start)
+    counts = queries.arrivals_per_hour(records)
+    is_today = day == _today()
+    if is_today:
+        present = attendance.on_site(timezone, now=now, max_visit=max_visit)
+    else:
+        present = queries.without_exit(records)
     return render_template(
-        "today.html", day=day, is_today=(day == _today()), rows=rows, day_start=day_start,
-        on_site=[r for r in rows if r["on_site"]], late=[r for r in rows if r["late"]],
-        hours=counts, peak=max(counts) or 1)
+        "today.html", day=day, is_today=is_today, rows=rows, day_start=day_start, timezone=timezone,
+        on_site=present, late=[r for r in rows if r["late"]], hours=counts, peak=max(counts) or 1)
 
 
 @bp.route("/today.csv")
 @login_required
 def today_csv():
-    """The day's attendance as CSV (the columns of the Today table)."""
+    """The day's attendance as CSV: the columns of ``bytelocker report attendance --csv``."""
     from central.commands import print_rows
 
     day = _day_arg()
-    rows = queries.today_rows(day, _config().web.day_start)
-    safe = [{k: queries.csv_safe(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows]
+    timezone, max_visit = _site()
+    records = attendance.report(day, day, timezone, max_visit=max_visit, now=_now())
+    rows = [{k: queries.csv_safe(v) for k, v in attendance.csv_row(r).items()} for r in records]
     out = io.StringIO()
-    print_rows(safe, TODAY_CSV_COLUMNS, as_csv=True, out=out)
+    print_rows(rows, list(attendance.CSV_COLUMNS), as_csv=True, out=out)
     return current_app.response_class(
         out.getvalue(), mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="attendance-{day.isoformat()}.csv"'})
@@ -166,7 +197,7 @@ def unidentified():
     found = list_clusters()
     shown = found[:CLUSTERS_SHOWN]
     sightings = queries.cluster_sightings([c.id for c in shown], per_cluster=SIGHTINGS_SHOWN)
-    since = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(days=UNCLUSTERED_DAYS)
+    since = _now() - dt.timedelta(days=UNCLUSTERED_DAYS)
     return render_template("unidentified.html", clusters=shown, hidden=len(found) - len(shown),
                            sightings=sightings, loose=queries.unclustered_unidentified(since),
                            loose_days=UNCLUSTERED_DAYS, promote_photos=PROMOTE_PHOTOS)
@@ -259,16 +290,19 @@ def snapshot(event_id):
 # ------------------------------------------------------------------ doors
 
 def _doors_payload():
-    rows = queries.door_rows()
+    now = _now()
+    rows = door_health(now)
+    stored = queries.events_stored_by_door()
     latest = queries.latest_events_by_door()
     version = registry.current_version()
 
     def row_json(r):
         return {
-            "door_id": r["door_id"], "state": r["state"], "last_seen": format_when(r["last_seen"]),
-            "camera": r["camera"], "fps": r["fps"], "outbox_depth": r["outbox_depth"],
-            "cache_version": r["cache_version"], "events_stored": r["events_stored"],
-            "behind": r["cache_version"] is not None and r["cache_version"] < version,
+            "door_id": r["door_id"], "state": r["state"], "state_for": format_duration(r["for"]),
+            "last_seen": format_when(r["last_seen"]), "camera": r["camera"],
+            "camera_ok": r["camera"] in (None, CAMERA_OK), "fps": r["fps"], "outbox_depth": r["outbox_depth"],
+            "cache_version": r["cache_version"], "behind": bool(r["behind"]), "flags": list(r["flags"]),
+            "events_stored": stored.get(r["door_id"], 0),
         }
 
     return {
@@ -276,15 +310,15 @@ def _doors_payload():
         "doors": [row_json(r) for r in rows],
         "events": {door: [{"ts": format_when(e["ts"]), "type": e["type"], "person_id": e["person_id"] or "",
                            "seq": e["seq"]} for e in events] for door, events in latest.items()},
-        "at": format_when(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)),
+        "at": format_when(now),
     }
 
 
 @bp.route("/doors")
 @login_required
 def doors():
-    """Every door: online or not, last seen, camera, fps, outbox, enrolment version, latest events."""
-    start, strips = queries.door_activity()
+    """Every door's health (:func:`central.door_health.door_health`), events stored and latest events."""
+    start, strips = queries.door_activity(now=_now())
     peak = max([max(counts) for counts in strips.values()] + [1])
     return render_template("doors.html", data=_doors_payload(), refresh=_config().web.refresh_seconds,
                            activity=strips, activity_start=start, activity_peak=peak)

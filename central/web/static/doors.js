@@ -24,9 +24,12 @@
       tr.appendChild(el("td", d.door_id));
       var state = el("td");
       state.appendChild(el("span", d.state, "tag state-" + String(d.state).replace(/[^a-z]/g, "")));
+      if (d.state_for) { state.appendChild(document.createTextNode(" ")); state.appendChild(el("span", "for " + d.state_for, "muted")); }
       tr.appendChild(state);
       tr.appendChild(el("td", d.last_seen));
-      tr.appendChild(el("td", shown(d.camera)));
+      var camera = el("td");
+      if (d.camera_ok) { camera.textContent = String(shown(d.camera)); } else { camera.appendChild(el("span", d.camera, "tag warn")); }
+      tr.appendChild(camera);
       tr.appendChild(el("td", shown(d.fps)));
       tr.appendChild(el("td", shown(d.outbox_depth)));
       var version = el("td", shown(d.cache_version));
