@@ -51,7 +51,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import peewee as pw
 
-from bytelocker import contract
+from bytelocker import broker_link, contract
 from bytelocker.errors import ByteLockerError, StorageError
 from central import store
 from central.clusters import Sighting, StrangerCluster, StrangerClusters
@@ -416,30 +416,15 @@ class Alerter:
     # -------------------------------------------------------------- MQTT
 
     def _make_client(self):
-        m = self.config.mqtt
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{self.config.collector.client_id}-alerts",
-                             protocol=mqtt.MQTTv5)
-        if m.username:
-            client.username_pw_set(m.username, self._password)
-        if m.tls:
-            client.tls_set(ca_certs=m.ca_file, certfile=m.cert_file, keyfile=m.key_file)
-        client.reconnect_delay_set(max(1, int(m.reconnect_min_seconds)), max(1, int(m.reconnect_max_seconds)))
+        client = broker_link.make_client(self.config.mqtt, f"{self.config.collector.client_id}-alerts",
+                                         password=self._password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         return client
 
     def _mqtt_loop(self):
-        m = self.config.mqtt
-        while not self.stop_event.is_set():
-            try:
-                self._client.connect(m.host, m.port, m.keepalive_seconds, clean_start=True)
-            except (OSError, ValueError) as exc:
-                logger.warning("Central's alerts cannot reach broker %s:%s (%s); retrying.", m.host, m.port, exc)
-                if self.stop_event.wait(m.reconnect_min_seconds):
-                    break
-                continue
-            self._client.loop_forever(retry_first_connection=True)
+        broker_link.run_forever(self._client, self.config.mqtt, self.stop_event, who="Central's alerts")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:

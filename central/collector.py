@@ -29,10 +29,8 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from bytelocker import contract, systemd_notify
+from bytelocker import broker_link, contract, systemd_notify
 from bytelocker.errors import MessageRejected, StorageError
 from central import retention, store
 from central.db import open_database
@@ -105,14 +103,8 @@ class Collector:
     # ----------------------------------------------------------------- MQTT
 
     def _make_client(self):
-        m = self.config.mqtt
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.config.collector.client_id,
-                             protocol=mqtt.MQTTv5, manual_ack=True)
-        if m.username:
-            client.username_pw_set(m.username, self._password)
-        if m.tls:
-            client.tls_set(ca_certs=m.ca_file, certfile=m.cert_file, keyfile=m.key_file)
-        client.reconnect_delay_set(max(1, int(m.reconnect_min_seconds)), max(1, int(m.reconnect_max_seconds)))
+        client = broker_link.make_client(self.config.mqtt, self.config.collector.client_id,
+                                         password=self._password, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -120,19 +112,9 @@ class Collector:
         return client
 
     def _mqtt_loop(self):
-        m = self.config.mqtt
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = int(self.config.collector.session_expiry_hours * 3600)
-        while not self.stop_event.is_set():
-            try:
-                self._client.connect(m.host, m.port, m.keepalive_seconds, clean_start=False, properties=props)
-            except (OSError, ValueError) as exc:
-                logger.warning("Central cannot reach broker %s:%s (%s); retrying.", m.host, m.port, exc)
-                if self.stop_event.wait(m.reconnect_min_seconds):
-                    break
-                continue
-            # Returns on stop (disconnect()); reconnects by itself otherwise.
-            self._client.loop_forever(retry_first_connection=True)
+        # A persistent session: the broker queues events while central is away.
+        broker_link.run_forever(self._client, self.config.mqtt, self.stop_event, who="Central",
+                                session_expiry_seconds=self.config.collector.session_expiry_hours * 3600)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:

@@ -23,8 +23,9 @@ import paho.mqtt.client as mqtt
 import peewee as pw
 
 from bytelocker import contract, signing
+from bytelocker.broker_link import connect_async, make_client
 from central import registry
-from edge.sync import connect_async, encode_person, make_client
+from edge.sync import encode_person
 
 logger = logging.getLogger(__name__)
 

@@ -18,13 +18,12 @@ it if the door vanishes, even after ``kill -9``), ``stopped`` on a clean stop.
 """
 
 import logging
-import ssl
 import threading
 import time
 
 import paho.mqtt.client as mqtt
 
-from bytelocker import contract
+from bytelocker import broker_link, contract
 from bytelocker.errors import ByteLockerError, MessageRejected, StorageError
 
 logger = logging.getLogger(__name__)
@@ -98,13 +97,7 @@ class Publisher:
         self._next_resend = time.monotonic() + UNCONFIRMED_RESEND_SECONDS
 
     def _client(self):
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.door_id,
-                             protocol=mqtt.MQTTv5)
-        if self.mqtt.username:
-            client.username_pw_set(self.mqtt.username, self._password)
-        if self.mqtt.tls:
-            client.tls_set(ca_certs=self.mqtt.ca_file, certfile=self.mqtt.cert_file,
-                           keyfile=self.mqtt.key_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client = broker_link.make_client(self.mqtt, self.door_id, password=self._password)
         client.will_set(self._available_topic,
                         contract.available_payload(self.door_id, contract.AVAILABLE_OFFLINE, with_time=False),
                         qos=contract.QOS, retain=True)

@@ -37,10 +37,9 @@ import time
 import numpy as np
 import paho.mqtt.client as mqtt
 import peewee as pw
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from bytelocker import contract, signing
+from bytelocker.broker_link import connect_async, make_client
 from bytelocker.errors import ConfigError, MessageRejected, ReplayError, StorageError
 from edge import cache
 
@@ -150,37 +149,6 @@ def _int(body, key):
 
 
 # --- MQTT --------------------------------------------------------------------
-
-def make_client(mqtt_section, client_id, *, password=None):
-    """A paho 2.x client (MQTT 5, callback API v2) set up from an ``mqtt`` config section.
-
-    Connect it with :func:`connect_async`.
-    """
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    if mqtt_section.username:
-        client.username_pw_set(mqtt_section.username, password)
-    if mqtt_section.tls:
-        client.tls_set(ca_certs=mqtt_section.ca_file, certfile=getattr(mqtt_section, "cert_file", None),
-                       keyfile=getattr(mqtt_section, "key_file", None))
-    low = getattr(mqtt_section, "reconnect_min_seconds", 1.0)
-    high = getattr(mqtt_section, "reconnect_max_seconds", 30.0)
-    client.reconnect_delay_set(min_delay=max(1, int(round(low))), max_delay=max(1, int(round(high))))
-    return client
-
-
-def connect_async(client, mqtt_section, *, session_expiry_seconds=0):
-    """Start connecting in the background; paho's loop reconnects by itself after that.
-
-    ``session_expiry_seconds`` > 0 asks for a persistent session
-    (``clean_start`` false), so the broker queues QoS 1 messages while away.
-    """
-    props = Properties(PacketTypes.CONNECT)
-    if session_expiry_seconds:
-        props.SessionExpiryInterval = int(session_expiry_seconds)
-    client.connect_async(mqtt_section.host, mqtt_section.port, keepalive=mqtt_section.keepalive_seconds,
-                         clean_start=not session_expiry_seconds, properties=props)
-    client.loop_start()
-
 
 class DoorSync:
     """Keep the door's cache in step with central's signed enrolment updates.

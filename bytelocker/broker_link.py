@@ -1,0 +1,77 @@
+"""Building and running paho-mqtt clients from an ``mqtt`` config section.
+
+Every MQTT client in ByteLocker (the door's publisher and sync, central's
+collector, sync and alerts) is made here, so TLS, credentials and reconnect
+back-off are set up the same way everywhere: paho 2.x, callback API v2,
+MQTT 5.
+"""
+
+import logging
+import ssl
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+logger = logging.getLogger(__name__)
+
+
+def make_client(mqtt_section, client_id, *, password=None, manual_ack=False):
+    """A paho client for the broker in ``mqtt_section``; callbacks are the caller's.
+
+    :param password: the broker password (from the environment or a systemd
+        credential; never logged).
+    :param manual_ack: acknowledge received QoS 1 messages only when the
+        caller says so (central acknowledges after its database commit).
+    """
+    m = mqtt_section
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5, manual_ack=manual_ack)
+    if m.username:
+        client.username_pw_set(m.username, password)
+    if m.tls:
+        client.tls_set(ca_certs=m.ca_file, certfile=m.cert_file, keyfile=m.key_file,
+                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.reconnect_delay_set(min_delay=max(1, int(round(m.reconnect_min_seconds))),
+                               max_delay=max(1, int(round(m.reconnect_max_seconds))))
+    return client
+
+
+def session_properties(session_expiry_seconds):
+    """CONNECT properties asking the broker to keep our session (and queue QoS 1) this long."""
+    props = Properties(PacketTypes.CONNECT)
+    if session_expiry_seconds:
+        props.SessionExpiryInterval = int(session_expiry_seconds)
+    return props
+
+
+def connect_async(client, mqtt_section, *, session_expiry_seconds=0):
+    """Start connecting in the background; paho's own loop reconnects after that.
+
+    ``session_expiry_seconds`` > 0 asks for a persistent session
+    (``clean_start`` false), so the broker queues QoS 1 messages while away.
+    """
+    client.connect_async(mqtt_section.host, mqtt_section.port, keepalive=mqtt_section.keepalive_seconds,
+                         clean_start=not session_expiry_seconds,
+                         properties=session_properties(session_expiry_seconds))
+    client.loop_start()
+
+
+def run_forever(client, mqtt_section, stop_event, *, who, session_expiry_seconds=0):
+    """Connect and run ``client``'s network loop on this thread until ``stop_event`` is set.
+
+    The first connection is retried every ``reconnect_min_seconds``; after
+    that paho reconnects by itself.  Returns when the caller disconnects the
+    client after setting the stop event.
+    """
+    m = mqtt_section
+    while not stop_event.is_set():
+        try:
+            client.connect(m.host, m.port, m.keepalive_seconds, clean_start=not session_expiry_seconds,
+                           properties=session_properties(session_expiry_seconds))
+        except (OSError, ValueError) as exc:
+            logger.warning("%s cannot reach broker %s:%s (%s); retrying.", who, m.host, m.port, exc)
+            if stop_event.wait(m.reconnect_min_seconds):
+                break
+            continue
+        client.loop_forever(retry_first_connection=True)
