@@ -13,6 +13,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from config.secrets import MQTT_TLS_KEY, secret_path
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,7 +32,9 @@ def make_client(mqtt_section, client_id, *, password=None, manual_ack=False):
     if m.username:
         client.username_pw_set(m.username, password)
     if m.tls:
-        client.tls_set(ca_certs=m.ca_file, certfile=m.cert_file, keyfile=m.key_file,
+        # The client key may be a systemd credential rather than a path in the YAML.
+        keyfile = m.key_file or secret_path(MQTT_TLS_KEY.name, MQTT_TLS_KEY.env_var)
+        client.tls_set(ca_certs=m.ca_file, certfile=m.cert_file, keyfile=keyfile,
                        tls_version=ssl.PROTOCOL_TLS_CLIENT)
     client.reconnect_delay_set(min_delay=max(1, int(round(m.reconnect_min_seconds))),
                                max_delay=max(1, int(round(m.reconnect_max_seconds))))
