@@ -22,6 +22,7 @@ system-packages:
 	bash scripts/system-packages.sh
 
 demo: $(STAMP)
+	bash scripts/system-packages.sh demo
 	$(VENV)/bin/bytelocker demo
 
 test: system-packages $(STAMP)
