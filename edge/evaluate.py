@@ -16,8 +16,9 @@ descriptors in an on-disk cache so a re-run costs seconds, not minutes:
 The descriptor cache is one SQLite file, ``descriptors.sqlite``, in
 ``$BYTELOCKER_CACHE_DIR``, else ``$XDG_CACHE_HOME/bytelocker``, else
 ``~/.cache/bytelocker``.  A row is reused only while the image's absolute
-path, size and modification time, and the describe settings (engine, detector,
-upsampling, fallback box, minimum face size, model folder) are unchanged.
+path, size and modification time, and the describe settings (engine,
+augmentation, detector, upsampling, fallback box, minimum face size, model
+folder) are unchanged.
 """
 
 import json
@@ -75,6 +76,9 @@ class DescribeSettings:
     wrong for arbitrary photos).  When several faces are found the one
     nearest the image centre is used: in LFW the named person is the
     central face.
+
+    ``engine`` and ``augment`` are ``recognition.engine`` and
+    ``recognition.augment``: photos are described as the door describes faces.
     """
 
     detector: str = "hog"
@@ -82,16 +86,19 @@ class DescribeSettings:
     fallback_upsample: int = 1
     central_fallback: bool = True
     min_face_px: int = 20
-    engine: str = "dlib"
+    engine: str = "fast"
+    augment: str = "none"
     models_dir: Optional[str] = None
 
     def key(self):
         """A string that changes whenever a descriptor could change."""
         central = ",".join(f"{f:.3f}" for f in CENTRAL_BOX) if self.central_fallback else "none"
+        # "none" adds nothing, so caches written before augmentation existed stay valid.
+        augment = f";augment={self.augment}" if self.augment != "none" else ""
         return (f"v1;engine={self.engine};models={self.models_dir or 'package'};"
                 f"detector={self.detector};upsample={self.upsample};"
                 f"fallback_upsample={self.fallback_upsample};central={central};"
-                f"min_face_px={self.min_face_px}")
+                f"min_face_px={self.min_face_px}{augment}")
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,7 @@ class _PhotoDescriber:
     def __init__(self, settings):
         from edge.describe import FaceDescriber
         from edge.detect import FaceDetector
+        from edge.fast_engine import make_engine
 
         common = dict(model=settings.detector, scale=1.0, min_face_px=settings.min_face_px,
                       models_dir=settings.models_dir)
@@ -171,7 +179,10 @@ class _PhotoDescriber:
         self.fallback = None
         if settings.fallback_upsample > settings.upsample:
             self.fallback = FaceDetector(upsample=settings.fallback_upsample, **common)
-        self.describer = FaceDescriber(models_dir=settings.models_dir)
+        # make_engine checks 'fast' against dlib once per worker and falls back
+        # to dlib on a mismatch, as the door does; both give the same numbers.
+        engine = make_engine(settings)
+        self.describer = FaceDescriber(engine=engine, models_dir=settings.models_dir, augment=settings.augment)
 
     def __call__(self, job):
         path, size, mtime_ns = job
@@ -259,12 +270,15 @@ def describe_photos(paths, *, settings=None, jobs=0, cache=None, progress=True):
 def _compute(todo, settings, key, jobs, cache, results, progress):
     from tqdm import tqdm
 
+    from edge.describe import AUGMENTS
     from edge.models import model_paths
 
     # Checked here, not only in the workers: a pool whose initializer raises
     # restarts it forever instead of reporting the error.
-    if settings.engine != "dlib":
-        raise DatasetError(f"Evaluation describes photos with the 'dlib' engine only, not {settings.engine!r}.")
+    if settings.engine not in ("dlib", "fast"):
+        raise DatasetError(f"Unknown descriptor engine {settings.engine!r}: use 'fast' or 'dlib'.")
+    if settings.augment not in AUGMENTS:
+        raise DatasetError(f"Unknown descriptor augmentation {settings.augment!r}: use one of {', '.join(AUGMENTS)}.")
     if settings.detector not in ("hog", "cnn"):
         raise DatasetError(f"Unknown face detector {settings.detector!r}: use 'hog' or 'cnn'.")
     model_paths(settings.models_dir)
@@ -664,7 +678,9 @@ def _settings_from_config(args):
     from config.loader import load_door_config
 
     config = load_door_config(getattr(args, "config", None))
-    settings = DescribeSettings(detector=config.detection.model, models_dir=config.recognition.models_dir)
+    rec = config.recognition
+    settings = DescribeSettings(detector=config.detection.model, engine=rec.engine, augment=rec.augment,
+                                models_dir=rec.models_dir)
     return config, settings
 
 
@@ -689,11 +705,12 @@ def cmd_pairs(args):
         plot_roc(report["distances"], report["same"], threshold, args.plot)
     del report["distances"], report["same"]
     report["photos"] = len(paths)
-    report.update(faces)
+    report.update(faces, engine=settings.engine, augment=settings.augment)
     if args.json:
         print(json.dumps(report, sort_keys=True))
         return 0
-    print(f"LFW pairs: {report['pairs']} pairs of {len(paths)} photos in {len(set(p.fold for p in pairs))} folds")
+    print(f"LFW pairs: {report['pairs']} pairs of {len(paths)} photos in {len(set(p.fold for p in pairs))} folds "
+          f"(engine {settings.engine}, augment {settings.augment})")
     print(f"10-fold accuracy:        {report['accuracy_10fold']:.2%} "
           f"(+/- {report['accuracy_10fold_std']:.2%}; threshold chosen on 9 folds, "
           f"mean {report['threshold_10fold_mean']:.3f})")
@@ -723,12 +740,14 @@ def cmd_gallery(args):
     _warn_failed(descriptors[os.path.abspath(p)] for p in paths)
     cohort = load_cohort(rec.cohort_file) if rec.cohort_file else None
     report = gallery_report(split, descriptors, threshold=rec.threshold, margin=rec.margin, cohort=cohort)
-    report.update(seed=args.seed, enroll_per_person=args.enroll_per_person, unknown_share=args.unknown_share)
+    report.update(seed=args.seed, enroll_per_person=args.enroll_per_person, unknown_share=args.unknown_share,
+                  engine=settings.engine, augment=settings.augment)
     if args.json:
         print(json.dumps(report, sort_keys=True))
         return 0
     print(f"Enrolled {report['enrolled_people']} people with {args.enroll_per_person} photo(s) each "
-          f"(seed {args.seed}); threshold {rec.threshold:.2f}, margin {rec.margin:.2f}"
+          f"(seed {args.seed}); engine {settings.engine}, augment {settings.augment}; "
+          f"threshold {rec.threshold:.2f}, margin {rec.margin:.2f}"
           + (f", cohort of {report['cohort_faces']} faces" if cohort is not None else ""))
     print(f"Strangers:      {report['probes_unknown']} photos; FAR {report['far']:.2%} were let in as someone")
     print(f"Enrolled people: {report['probes_known']} other photos; "

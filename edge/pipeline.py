@@ -152,7 +152,8 @@ def build_loop(config, gallery=None, *, engine_cache_dir=None):
 
     The descriptor engine is the one ``recognition.engine`` names, built by
     :func:`edge.fast_engine.make_engine` (which checks ``fast`` against dlib
-    at start-up and falls back to dlib if they disagree).
+    at start-up and falls back to dlib if they disagree); faces are described
+    with ``recognition.augment`` views, as enrolment must describe them too.
     """
     from edge.describe import FaceDescriber
     from edge.detect import FaceDetector
@@ -162,6 +163,6 @@ def build_loop(config, gallery=None, *, engine_cache_dir=None):
     detector = FaceDetector(model=det.model, scale=det.scale, upsample=det.upsample,
                             min_face_px=det.min_face_px, models_dir=rec.models_dir)
     engine = make_engine(rec, cache_dir=engine_cache_dir)
-    describer = FaceDescriber(engine=engine, models_dir=rec.models_dir)
+    describer = FaceDescriber(engine=engine, models_dir=rec.models_dir, augment=rec.augment)
     return RecognitionLoop(detector, describer, gallery,
                            recognition=rec, decision=config.decision, detection=det)

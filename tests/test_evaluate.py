@@ -155,6 +155,40 @@ def test_cached_descriptors_are_reused_until_the_photo_changes(tmp_path, photo_f
     assert np.allclose(first.vector, again.vector)
 
 
+def test_descriptors_are_cached_apart_per_engine_and_augmentation():
+    keys = {DescribeSettings().key(), DescribeSettings(engine="dlib").key(),
+            DescribeSettings(augment="mirror").key(), DescribeSettings(engine="dlib", augment="mirror").key()}
+
+    assert len(keys) == 4
+
+
+def test_photos_are_described_with_the_mirror_augmentation_when_asked(tmp_path, photo_folder):
+    path = lfw_photo_path(str(photo_folder), "Eileen", 1)
+    cache = DescriptorCache(str(tmp_path / "cache"))
+    plain = describe_photos([path], jobs=1, cache=cache, progress=False)[path].vector
+    mirror = describe_photos([path], settings=DescribeSettings(augment="mirror"), jobs=1, cache=cache,
+                             progress=False)[path].vector
+
+    # The average with the mirror image is a different vector of the same face.
+    assert mirror.shape == (128,) and not np.allclose(plain, mirror, atol=1e-3)
+    assert np.linalg.norm(plain - mirror) < 0.2
+
+
+def test_an_unknown_augmentation_is_refused_by_name(tmp_path, photo_folder):
+    path = lfw_photo_path(str(photo_folder), "Eileen", 1)
+    with pytest.raises(DatasetError, match="'jitter99'"):
+        describe_photos([path], settings=DescribeSettings(augment="jitter99"), jobs=1, cache=False, progress=False)
+
+
+def test_the_door_and_central_enrolment_describe_faces_the_same_way_by_default():
+    from config.recognition import RecognitionSection
+    from edge.describe import DEFAULT_AUGMENT
+
+    # Central enrolment builds FaceDescriber() with its defaults; the door's
+    # live descriptors must be made the same way or distances mean nothing.
+    assert RecognitionSection().augment == DEFAULT_AUGMENT == DescribeSettings().augment
+
+
 def test_eval_pairs_reports_a_corrupt_photo_without_a_traceback(tmp_path, photo_folder, monkeypatch, capsys):
     monkeypatch.setenv("BYTELOCKER_CACHE_DIR", str(tmp_path / "cache"))
     pairs = write_pairs(tmp_path, "2\t1\nEileen\t1\t2\nEileen\t1\tGrace\t1\n"
