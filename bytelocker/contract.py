@@ -17,6 +17,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+import re
 import uuid
 from typing import Literal, Optional, get_args
 
@@ -447,3 +448,79 @@ ALERT_TYPES = (ALERT_STRANGER_AT_DOORS, ALERT_STRANGER_REPEATED, ALERT_DOOR_OFFL
 def alerts_topic(prefix):
     """``<prefix>/central/alerts``: central's alerts (QoS 1, not retained)."""
     return f"{prefix.rstrip('/')}/central/alerts"
+
+
+# --- Area passages (central -> doors): anti-passback across door units; see
+# docs/policy.md and docs/mqtt.md.  Central turns each stored ``granted``
+# event that names an area and a direction into a signed passage (signing
+# domain ``bytelocker.signing.PASSAGE_DOMAIN``) on ``<prefix>/areas/<area>/passages``.
+PASSAGE_KIND = "passage"
+MAX_PASSAGE_BYTES = 4 * 1024
+# An area is one topic level: no '/', and no MQTT wildcards.
+AREA_PATTERN = r"^[^/+#\x00]{1,64}$"
+PASSAGE_DIRECTIONS = ("entry", "exit")
+
+
+def is_area_name(value):
+    """True if ``value`` can be an area in a topic (one level, no wildcards)."""
+    return isinstance(value, str) and re.match(AREA_PATTERN, value) is not None
+
+
+def passages_topic(prefix, area):
+    """``<prefix>/areas/<area>/passages``: signed passages of every door of ``area`` (QoS 1, not retained)."""
+    return f"{prefix.rstrip('/')}/areas/{area}/passages"
+
+
+def passage_body(event):
+    """The body central signs for a stored :class:`Event`, or None if it is not a passage.
+
+    A passage is a ``granted`` event whose details name a person, an area
+    (:func:`is_area_name`) and a direction (``entry`` or ``exit``).
+    """
+    if event.type != "granted":
+        return None
+    details = event.details.model_dump()
+    person_id, area, direction = details.get("person_id"), details.get("area"), details.get("direction")
+    if not isinstance(person_id, str) or not person_id or direction not in PASSAGE_DIRECTIONS:
+        return None
+    if not is_area_name(area):
+        return None
+    return {
+        "schema": SCHEMA_VERSION,
+        "kind": PASSAGE_KIND,
+        "person_id": person_id,
+        "area": area,
+        "direction": direction,
+        "at": format_timestamp(event.ts),
+        "door_id": event.door_id,
+        "event_id": str(event.event_id),
+    }
+
+
+def read_passage(body, area):
+    """Check a verified passage body for ``area``; return ``(person_id, direction, at, door_id)``.
+
+    ``at`` is an aware UTC datetime.  Raises :class:`MessageRejected` with a
+    sentence saying what is wrong (wrong schema, kind or area, a bad field).
+    """
+    if body.get("schema") != SCHEMA_VERSION:
+        raise MessageRejected(f"The passage has schema {str(body.get('schema'))[:20]!r}, not {SCHEMA_VERSION}.")
+    if body.get("kind") != PASSAGE_KIND:
+        raise MessageRejected(f"The message is of kind {str(body.get('kind'))[:20]!r}, not a passage.")
+    if body.get("area") != area:
+        # A genuine passage of another area, replayed onto this area's topic.
+        raise MessageRejected(f"The passage is for area {str(body.get('area'))[:64]!r}, not {area!r}.")
+    person_id, direction, door_id = body.get("person_id"), body.get("direction"), body.get("door_id")
+    if not isinstance(person_id, str) or not 0 < len(person_id) <= 128:
+        raise MessageRejected("The passage names no valid person id.")
+    if direction not in PASSAGE_DIRECTIONS:
+        raise MessageRejected(f"The passage has direction {str(direction)[:20]!r}, not entry or exit.")
+    if not isinstance(door_id, str) or not 0 < len(door_id) <= 64:
+        raise MessageRejected("The passage names no valid door id.")
+    try:
+        at = dt.datetime.fromisoformat(body.get("at"))
+    except (TypeError, ValueError):
+        raise MessageRejected("The passage has no valid time 'at'.") from None
+    if at.tzinfo is None:
+        raise MessageRejected("The passage time 'at' carries no time zone.")
+    return person_id, direction, at.astimezone(dt.timezone.utc), door_id

@@ -94,6 +94,8 @@ class DemoSite:
             raise RuntimeError("the central collector could not reach the demo broker")
         self.sync = CentralSync(self.central_config, signing.load_signing_key(key_path), self.stop)
         self.sync.start()
+        # As in `central run`: stored grants are relayed to the area's doors (anti-passback).
+        self.collector.passages = self.sync
         _say(f"Central: collector and signed enrolment sync running; database {self.workdir}/central.db.")
         return public_key
 

@@ -39,6 +39,10 @@ DEFAULT_KEY_PATH = "/etc/bytelocker/credentials/signing-key"
 # Prefixed to every signed message so a signature made for enrolment updates
 # can never be passed off as a signature over anything else we may sign later.
 DOMAIN = b"bytelocker-enrolment-v1\n"
+# Area passages (anti-passback across door units) are signed with the same
+# key under their own domain, so a passage can never verify as an enrolment
+# update and an update never as a passage.
+PASSAGE_DOMAIN = b"bytelocker-passage-v1\n"
 
 
 def signing_key_path(path=None):
@@ -169,9 +173,14 @@ def _reject_floats(obj):
             _reject_floats(v)
 
 
-def sign(body, private_key):
-    """Return the signed envelope ``{"body", "key_id", "signature"}`` of dict ``body``."""
-    signature = private_key.sign(DOMAIN + canonical_json(body))
+def sign(body, private_key, *, domain=DOMAIN):
+    """Return the signed envelope ``{"body", "key_id", "signature"}`` of dict ``body``.
+
+    ``domain`` says what kind of message this is (:data:`DOMAIN` for
+    enrolment updates, :data:`PASSAGE_DOMAIN` for area passages); the
+    verifier must name the same one.
+    """
+    signature = private_key.sign(domain + canonical_json(body))
     return {
         "body": body,
         "key_id": key_id(private_key.public_key()),
@@ -179,13 +188,15 @@ def sign(body, private_key):
     }
 
 
-def sign_bytes(body, private_key):
+def sign_bytes(body, private_key, *, domain=DOMAIN):
     """:func:`sign`, serialised to the bytes to publish."""
-    return canonical_json(sign(body, private_key))
+    return canonical_json(sign(body, private_key, domain=domain))
 
 
-def verify(envelope, public_keys):
+def verify(envelope, public_keys, *, domain=DOMAIN):
     """Return the body of ``envelope`` if its signature verifies with one of ``public_keys``.
+
+    ``domain`` must be the one the message was signed under (see :func:`sign`).
 
     Raises :class:`SignatureError` for a missing, malformed or wrong signature
     and :class:`MessageRejected` for an envelope of the wrong shape.
@@ -200,7 +211,7 @@ def verify(envelope, public_keys):
     except (binascii.Error, ValueError):
         raise SignatureError("The update's signature is not valid base64.") from None
     try:
-        message = DOMAIN + canonical_json(envelope["body"])
+        message = domain + canonical_json(envelope["body"])
     except (TypeError, ValueError):
         raise MessageRejected("The update's body contains values that are never signed (floats).") from None
     for key in public_keys:
@@ -215,10 +226,10 @@ def verify(envelope, public_keys):
     )
 
 
-def verify_bytes(payload, public_keys):
-    """Parse the JSON ``payload`` and :func:`verify` it; return the body."""
+def verify_bytes(payload, public_keys, *, domain=DOMAIN):
+    """Parse the JSON ``payload`` and :func:`verify` it under ``domain``; return the body."""
     try:
         envelope = json.loads(payload)
     except (UnicodeDecodeError, ValueError):
         raise MessageRejected("The update is not valid JSON (truncated or garbled).") from None
-    return verify(envelope, public_keys)
+    return verify(envelope, public_keys, domain=domain)

@@ -19,7 +19,10 @@ Threads (all named, all stopping on one event):
 
 An optional ``alerter`` (:class:`central.alerts.Alerter`, started by
 ``central run``) is handed each stored batch; it only queues the work, so
-describing faces and raising alerts never slow ingest.
+describing faces and raising alerts never slow ingest.  Likewise an optional
+``passages`` relay (:class:`central.sync.CentralSync`, which holds the
+signing key) is handed each stored batch and only queues the grants it signs
+and relays to the area's doors (area-wide anti-passback, docs/policy.md).
 """
 
 import collections
@@ -52,11 +55,14 @@ class Collector:
     ``rejected`` messages; ``rejected_by_door`` counts rejects per topic door.
     """
 
-    def __init__(self, config, stop_event, *, password=None, database_password=None, alerter=None):
+    def __init__(self, config, stop_event, *, password=None, database_password=None, alerter=None,
+                 passages=None):
         self.config = config
         self.stop_event = stop_event
         # central.alerts.Alerter (or None): told about each stored batch.
         self.alerter = alerter
+        # central.sync.CentralSync (or None without a signing key): relays stored grants as passages.
+        self.passages = passages
         self._password = password
         self._database_password = database_password
         self.prefix = config.mqtt.prefix
@@ -233,6 +239,9 @@ class Collector:
         if self.alerter is not None:
             # Only queues: describing faces and raising alerts run on the alerter's threads.
             self.alerter.feed(events)
+        if self.passages is not None:
+            # Only queues: signing and publishing run on the sync's worker thread.
+            self.passages.feed_passages(events)
 
     def _send_receipts(self, events):
         """Tell each door which of its events are stored (duplicates too: the door resent them)."""
@@ -285,13 +294,17 @@ def cmd_run(args):
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     alerter = alerts.Alerter(config, stop, password=password) if config.alerts.enabled else None
+    # Made before the collector so that grants stored from the broker's backlog
+    # are queued for relay too; it starts once the database is open.
+    sync = _make_sync(config, stop, password)
     collector = Collector(config, stop, password=password, database_password=db_password,
-                          alerter=alerter).start()
+                          alerter=alerter, passages=sync).start()
     if alerter is not None:
         alerter.start()
     logger.info("Central collector running: broker %s:%s, database %s.",
                 config.mqtt.host, config.mqtt.port, store_url(config))
-    sync = _start_sync(config, stop, password)
+    if sync is not None and not _start_sync(sync):
+        collector.passages = sync = None
     systemd_notify.ready()
     last, logged_at = None, time.monotonic()
     # Wake often enough for systemd's watchdog (WatchdogSec=60); log stats each minute.
@@ -309,7 +322,8 @@ def cmd_run(args):
     return 0
 
 
-def _start_sync(config, stop, password):
+def _make_sync(config, stop, password):
+    """The enrolment sync and passage relay, or None (logged once) without a signing key."""
     from bytelocker import signing
     from bytelocker.errors import SigningKeyError
 
@@ -317,16 +331,23 @@ def _start_sync(config, stop, password):
         key = signing.load_signing_key()
     except SigningKeyError as exc:
         logger.error("Enrolment sync is off: %s Doors will not receive enrolment changes.", exc)
+        logger.warning("Area passages are not relayed without the signing key: anti-passback works "
+                       "per door unit only.")
         return None
     from central.sync import CentralSync
 
-    sync = CentralSync(config, key, stop, password=password)
+    return CentralSync(config, key, stop, password=password)
+
+
+def _start_sync(sync):
+    """Start ``sync``; False (logged) if it cannot start."""
     try:
         sync.start()
     except Exception:  # events must keep flowing even if enrolment sync cannot start
-        logger.exception("Enrolment sync failed to start; central keeps collecting events.")
-        return None
-    return sync
+        logger.exception("Enrolment sync failed to start; central keeps collecting events "
+                         "(no enrolment changes, no area passages).")
+        return False
+    return True
 
 
 def store_url(config):

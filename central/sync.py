@@ -11,6 +11,13 @@ central.  Answers carry the door's nonce so they cannot be replayed later.
 
 Bodies are built from the registry at the time of sending, so a person
 forgotten since a change was logged is never sent again.
+
+The same worker relays area passages (area-wide anti-passback, see
+docs/policy.md): the collector hands it each stored batch of events through
+:meth:`CentralSync.feed_passages`, which only queues the grants that name an
+area and a direction; the worker signs each one (under
+:data:`bytelocker.signing.PASSAGE_DOMAIN`) and publishes it on
+``<prefix>/areas/<area>/passages``, so signing never slows ingest.
 """
 
 import json
@@ -35,6 +42,10 @@ MIN_ANSWER_INTERVAL = 0.5
 PUBLISH_TIMEOUT = 10.0
 PRUNE_INTERVAL = 600.0
 PUBLISH_RETRY_SECONDS = 2.0
+# Passages waiting for the broker; beyond this (central cut off from the
+# broker for long) new ones are dropped: doors fall back to their own knowledge.
+MAX_PENDING_PASSAGES = 10_000
+PASSAGE_ATTEMPTS = 3
 
 
 def _now_text():
@@ -160,6 +171,12 @@ class CentralSync:
         self._thread = None
         self.published = 0
         self.answered = 0
+        self._passages = queue.Queue(maxsize=MAX_PENDING_PASSAGES)
+        self._passage_held = None
+        self._passages_dropped = 0
+        self._passage_attempts = 0
+        self._passage_retry_at = 0.0
+        self.passages_relayed = 0
 
     def start(self):
         """Connect (persistent session, so requests queue while central is away) and start the worker."""
@@ -176,6 +193,30 @@ class CentralSync:
     def notify(self):
         """Publish pending changes now instead of at the next poll (same-process callers)."""
         self._wake.set()
+
+    def feed_passages(self, events):
+        """Queue the passages among stored ``events`` (:class:`~bytelocker.contract.Event`) for relay.
+
+        Called by the collector's writer after each stored batch; it only
+        queues, the sync worker signs and publishes.  Redelivered events are
+        relayed again, which is harmless: doors keep only newer passages.
+        """
+        queued = 0
+        for event in events:
+            body = contract.passage_body(event)
+            if body is None:
+                continue
+            try:
+                self._passages.put_nowait(body)
+                queued += 1
+            except queue.Full:
+                self._passages_dropped += 1
+                if self._passages_dropped == 1 or self._passages_dropped % 1000 == 0:
+                    logger.warning("central: %d area passages dropped; the broker has not taken the "
+                                   "queued ones (doors fall back to their own anti-passback state)",
+                                   self._passages_dropped)
+        if queued:
+            self._wake.set()
 
     def join(self, timeout=None):
         """Wait for the worker to end (after the stop event is set), then disconnect."""
@@ -222,6 +263,7 @@ class CentralSync:
                 continue
             try:
                 self._publish_pending()
+                self._relay_passages()
                 self._answer_requests()
                 self._prune()
             except pw.PeeweeException as exc:
@@ -229,8 +271,8 @@ class CentralSync:
             except Exception:  # the worker must survive one bad row or request
                 logger.exception("central: unexpected error in enrolment sync")
 
-    def _publish(self, topic, body):
-        payload = signing.sign_bytes(body, self.signing_key)
+    def _publish(self, topic, body, *, domain=signing.DOMAIN):
+        payload = signing.sign_bytes(body, self.signing_key, domain=domain)
         info = self._client.publish(topic, payload, qos=contract.QOS)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             logger.warning("central: could not publish to %s: %s", topic, mqtt.error_string(info.rc))
@@ -270,6 +312,36 @@ class CentralSync:
                 logger.info("central: published enrolment change %d (%s %s)", change.version, change.op,
                             change.person_id)
             registry.mark_published(change.version)
+
+    def _relay_passages(self):
+        if time.monotonic() < self._passage_retry_at:
+            return
+        while not self.stop_event.is_set():
+            body = self._passage_held
+            if body is None:
+                try:
+                    body = self._passages.get_nowait()
+                except queue.Empty:
+                    return
+            topic = contract.passages_topic(self.prefix, body["area"])
+            relayed = self._publish(topic, body, domain=signing.PASSAGE_DOMAIN)
+            if not relayed:
+                self._passage_attempts += 1
+                if self._passage_attempts < PASSAGE_ATTEMPTS:
+                    # Kept, in order, for a later round, after a pause so a refusing broker is not hammered.
+                    self._passage_held = body
+                    self._passage_retry_at = time.monotonic() + PUBLISH_RETRY_SECONDS
+                    return
+                # Most likely the ACL refuses central this area's topic: one
+                # passage must not hold up every later one.
+                logger.error("central: gave up relaying a passage on %s after %d attempts", topic,
+                             self._passage_attempts)
+            self._passage_held = None
+            self._passage_attempts = 0
+            if relayed:
+                self.passages_relayed += 1
+                logger.debug("central: relayed a %s of person %s in area %s", body["direction"],
+                             body["person_id"], body["area"])
 
     def _prune(self):
         now = time.monotonic()

@@ -83,7 +83,10 @@ class PolicySection(Section):
         description="For role 'both': alternate (each person's next pass is the opposite of their last), "
         "or count every pass as entry or as exit.",
     )
-    area: str = Field("site", min_length=1, max_length=64, description="Area for anti-passback.")
+    area: str = Field(
+        "site", min_length=1, max_length=64,
+        description="Area for anti-passback. Must not contain '/', '+' or '#' (it is part of an MQTT topic).",
+    )
     rules: List[RuleSection] = Field(
         default_factory=lambda: [RuleSection()],
         description="Who may pass and when; the default admits every enrolled person at any time.",
@@ -93,7 +96,20 @@ class PolicySection(Section):
         "off", description="soft logs a violation; hard denies a second entry without an exit."
     )
     anti_passback_reset: str = Field("04:00", description="Local time of day at which anti-passback state resets, HH:MM.")
+    share_anti_passback: bool = Field(
+        True,
+        description="Learn the passes at the area's other door units from central's signed relay, so an area "
+        "with separate entry and exit units enforces anti-passback as one; off: this unit knows only its own passes.",
+    )
     cooldown_seconds: float = Field(10.0, ge=0, le=3600, description="One grant event per person per this many seconds.")
+
+    @field_validator("area")
+    @classmethod
+    def _check_area(cls, value):
+        # The area is one level of an MQTT topic (<prefix>/areas/<area>/passages).
+        if any(c in value for c in "/+#\x00"):
+            raise ValueError("must not contain '/', '+' or '#' (it is part of an MQTT topic)")
+        return value
 
     @field_validator("anti_passback_reset")
     @classmethod

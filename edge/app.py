@@ -132,10 +132,14 @@ class DoorApp:
         if key:
             from edge.sync import DoorSync
 
+            # Learn the area's other doors' passes (central's signed relay) for anti-passback.
+            share = self.config.policy.share_anti_passback
             self.sync = DoorSync(self.door_id, self.config.mqtt, key, self.stop_event,
                                  on_gallery=self.loop.set_gallery,
                                  on_rejected=self._on_update_rejected,
-                                 password=self.mqtt_password)
+                                 password=self.mqtt_password,
+                                 area=self.config.policy.area if share else None,
+                                 on_passage=self.policy.record_remote if share else None)
             self.sync.start()
             self._threads.append(self.sync)
         else:

@@ -17,6 +17,10 @@ Checks, in order, each with the reason a denial event carries:
 
 A person standing at the door produces one grant per ``cooldown_seconds``:
 later grants within the cooldown are ``suppressed`` (no event, no new pulse).
+
+Passes at the area's other door units arrive as signed passages relayed by
+central (:class:`edge.sync.DoorSync` checks them) and are taken in with
+:meth:`AccessPolicy.record_remote`; offline, each unit knows only its own.
 """
 
 import datetime as dt
@@ -37,7 +41,7 @@ EXIT = "exit"
 
 
 class Passage(cache.BaseModel):
-    """A person's last pass through this door unit, for anti-passback and direction."""
+    """A person's last known pass in the area (at this unit, or relayed from another), for anti-passback and direction."""
 
     person_id = pw.CharField(primary_key=True, max_length=128)
     area = pw.CharField(max_length=64)
@@ -204,6 +208,32 @@ class AccessPolicy:
             logger.warning("anti-passback violation (soft) by person %s in area %s",
                            person_id, self.policy.area)
         return Verdict(True, details=details)
+
+    def record_remote(self, person_id, direction, at):
+        """Take a pass at another door unit of this area into account; True if the state changed.
+
+        ``direction`` is ``entry`` or ``exit`` and ``at`` the aware time of
+        that pass (the other door's event time).  The state changes only if
+        ``at`` is newer than what this door already knows for the person, so
+        a late, duplicated or replayed older passage can never roll it back.
+        The caller has checked the passage's signature and area
+        (:class:`edge.sync.DoorSync`).
+        """
+        if direction not in (ENTRY, EXIT):
+            raise ValueError(f"a passage direction is entry or exit, not {direction!r}")
+        at = _utc(at)
+        with self._mutex:
+            last = self._passages.get(person_id)
+            if last is not None and at <= last[1]:
+                return False
+            self._record(person_id, direction, at)
+        logger.info("learnt a remote %s of person %s in area %s", direction, person_id, self.policy.area)
+        return True
+
+    def last_passage(self, person_id):
+        """``(direction, at)`` of the person's latest known pass in this area, or None."""
+        with self._mutex:
+            return self._passages.get(person_id)
 
     def _direction(self, person_id, now):
         """(direction of this pass, whether it violates anti-passback)."""

@@ -21,6 +21,14 @@ in-memory gallery without stopping its frame loop.
 
 With the broker or central unreachable the door keeps enforcing what its
 cache holds, and catches up when it reconnects.
+
+Given an ``area``, DoorSync also subscribes to ``<prefix>/areas/<area>/passages``
+(area-wide anti-passback, docs/policy.md): each passage must verify with a
+pinned key under the passage signing domain, name this area, come from
+another door and not be dated in the future; then ``on_passage(person_id,
+direction, at)`` (:meth:`edge.policy.AccessPolicy.record_remote`) takes it
+in if it is newer than what the door knows.  Anything else is logged and
+counted in ``passages_rejected`` and changes nothing.
 """
 
 import base64
@@ -52,6 +60,10 @@ NONCES_KEPT = 4
 # Ask again if central has not answered within this long, seconds.
 REQUEST_RETRY_SECONDS = 5.0
 GAP_RETRY_SECONDS = 1.0
+# A passage dated further ahead of this door's clock than this is refused:
+# otherwise one bad clock (or one bad event) could pin a person's state past
+# every later pass and past the daily reset.
+MAX_PASSAGE_AHEAD_SECONDS = 300.0
 
 
 # --- The person document, as both sides put it on the wire -------------------
@@ -164,12 +176,17 @@ class DoorSync:
         rejected update (``error`` is a :class:`MessageRejected`; subclasses
         :class:`SignatureError` and :class:`ReplayError` say why).
     :param password: the broker password (from the environment or credentials).
+    :param area: this door's ``policy.area``, to learn the signed passages of
+        the area's other doors; None to not listen (``policy.share_anti_passback`` off).
+    :param on_passage: called as ``on_passage(person_id, direction, at)`` from
+        the sync thread for every valid passage of another door; returns True
+        if it changed the door's state (:meth:`edge.policy.AccessPolicy.record_remote`).
 
     The cache must already be open (:func:`edge.cache.open_cache`).
     """
 
     def __init__(self, door_id, mqtt, public_key_b64, stop_event, *, on_gallery, on_rejected=None,
-                 password=None):
+                 password=None, area=None, on_passage=None):
         if door_id == contract.UPDATES_ALL:
             raise ConfigError(f"A door cannot be called {door_id!r}: that name means every door in update topics.")
         self.door_id = door_id
@@ -181,6 +198,14 @@ class DoorSync:
         self.password = password
         prefix = mqtt.prefix
         self.topics = (contract.updates_topic(prefix), contract.updates_topic(prefix, door_id))
+        if area is not None and not contract.is_area_name(area):
+            raise ConfigError(f"Door {door_id}: area {area!r} cannot be part of an MQTT topic.")
+        self.area = area if on_passage is not None else None
+        self.on_passage = on_passage
+        self.passages_topic = contract.passages_topic(prefix, area) if self.area is not None else None
+        self.passages_applied = 0
+        self.passages_ignored = 0
+        self.passages_rejected = 0
         self.request_topic = contract.sync_request_topic(prefix, door_id)
         self._inbox = queue.Queue()
         self._nonces = collections.deque(maxlen=NONCES_KEPT)
@@ -232,6 +257,8 @@ class DoorSync:
             return
         for topic in self.topics:
             client.subscribe(topic, qos=contract.QOS)
+        if self.passages_topic is not None:
+            client.subscribe(self.passages_topic, qos=contract.QOS)
         self.connected.set()
         self._inbox.put(("connected", None, None))
 
@@ -251,7 +278,8 @@ class DoorSync:
             logger.error("door %s: the broker refused the sync request: %s", self.door_id, reason_code)
 
     def _on_message(self, client, userdata, message):
-        self._inbox.put(("update", message.topic, message.payload))
+        kind = "passage" if message.topic == self.passages_topic else "update"
+        self._inbox.put((kind, message.topic, message.payload))
 
     # -- the sync thread --
 
@@ -265,6 +293,8 @@ class DoorSync:
             try:
                 if kind == "connected":
                     self._request()
+                elif kind == "passage":
+                    self._handle_passage(topic, payload)
                 else:
                     self._handle(topic, payload)
             except (StorageError, pw.PeeweeException) as exc:
@@ -407,6 +437,45 @@ class DoorSync:
         logger.info("door %s: applied enrolment %s up to version %d (%d people changed)",
                     self.door_id, kind, version, len(decoded))
         return True
+
+    # -- area passages --
+
+    def _handle_passage(self, topic, payload):
+        try:
+            person_id, direction, at, door_id = self._read_passage(payload)
+        except MessageRejected as exc:
+            self.passages_rejected += 1
+            logger.warning("door %s rejected a passage on %s: %s", self.door_id, topic, exc)
+            return
+        if door_id == self.door_id:
+            # Our own grant, relayed back: already in the policy's state.
+            self.passages_ignored += 1
+            return
+        try:
+            changed = self.on_passage(person_id, direction, at)
+        except (StorageError, pw.PeeweeException) as exc:
+            # Not fatal: the door still enforces what it knows itself.
+            logger.error("door %s: cannot record a passage in area %s: %s", self.door_id, self.area, exc)
+            return
+        if changed:
+            self.passages_applied += 1
+        else:
+            # A duplicate, a late arrival or a replay: the door already knows something newer.
+            self.passages_ignored += 1
+            logger.info("door %s: ignored a passage of person %s at %s older than what it knows",
+                        self.door_id, person_id, door_id)
+
+    def _read_passage(self, payload):
+        """Verify one passage; return ``(person_id, direction, at, door_id)`` or raise MessageRejected."""
+        if len(payload) > contract.MAX_PASSAGE_BYTES:
+            raise MessageRejected(f"The passage is {len(payload)} bytes, over the "
+                                  f"{contract.MAX_PASSAGE_BYTES} limit.")
+        body = signing.verify_bytes(payload, self.public_keys, domain=signing.PASSAGE_DOMAIN)
+        person_id, direction, at, door_id = contract.read_passage(body, self.area)
+        ahead = (at - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        if ahead > MAX_PASSAGE_AHEAD_SECONDS:
+            raise MessageRejected(f"The passage is dated {ahead:.0f} s ahead of door {self.door_id}'s clock.")
+        return person_id, direction, at, door_id
 
     def _emit_gallery(self):
         gallery = cache.load_gallery()
