@@ -14,6 +14,7 @@ from bytelocker.cli import build_parser
 SYSTEMD_DIR = pathlib.Path(__file__).resolve().parent.parent / "systemd"
 DOOR = SYSTEMD_DIR / "bytelocker-door.service"
 CENTRAL = SYSTEMD_DIR / "bytelocker-central.service"
+WEB = SYSTEMD_DIR / "bytelocker-web.service"
 INSTALLED_BINARY = "/opt/bytelocker/venv/bin/bytelocker"
 
 # Exposure goals of `systemd-analyze security` (0 is best, 10 worst).
@@ -65,7 +66,7 @@ def exposure(unit):
 
 
 @needs_analyze
-@pytest.mark.parametrize("unit", [DOOR, CENTRAL], ids=["door", "central"])
+@pytest.mark.parametrize("unit", [DOOR, CENTRAL, WEB], ids=["door", "central", "web"])
 def test_unit_passes_systemd_analyze_verify(unit, tmp_path):
     copy = runnable_copy(unit, tmp_path)
 
@@ -98,7 +99,12 @@ def test_central_unit_exposure_meets_its_goal():
     assert exposure(CENTRAL) <= CENTRAL_GOAL
 
 
-@pytest.mark.parametrize("unit", [DOOR, CENTRAL], ids=["door", "central"])
+@needs_analyze
+def test_dashboard_unit_exposure_meets_centrals_goal():
+    assert exposure(WEB) <= CENTRAL_GOAL
+
+
+@pytest.mark.parametrize("unit", [DOOR, CENTRAL, WEB], ids=["door", "central", "web"])
 def test_unit_runs_commands_the_cli_knows(unit):
     parser = build_parser()
     commands = [v for _, k, v in directives(unit) if k in ("ExecStartPre", "ExecStart", "ExecStopPost")]
@@ -111,8 +117,9 @@ def test_unit_runs_commands_the_cli_knows(unit):
 
 
 @pytest.mark.parametrize("unit, kind, config", [(DOOR, "door", "/etc/bytelocker/door.yaml"),
-                                                (CENTRAL, "central", "/etc/bytelocker/central.yaml")],
-                         ids=["door", "central"])
+                                                (CENTRAL, "central", "/etc/bytelocker/central.yaml"),
+                                                (WEB, "central", "/etc/bytelocker/central.yaml")],
+                         ids=["door", "central", "web"])
 def test_unit_refuses_to_start_on_a_bad_config(unit, kind, config):
     assert values(unit, "ExecStartPre") == [
         f"{INSTALLED_BINARY} check-config --kind {kind} {config}"]
@@ -130,7 +137,7 @@ def test_unit_is_notify_with_a_watchdog_and_restarts_with_a_limit(unit):
     assert values(unit, "StartLimitIntervalSec") and values(unit, "StartLimitBurst")
 
 
-@pytest.mark.parametrize("unit", [DOOR, CENTRAL], ids=["door", "central"])
+@pytest.mark.parametrize("unit", [DOOR, CENTRAL, WEB], ids=["door", "central", "web"])
 def test_unit_runs_as_the_bytelocker_user_with_its_folders(unit):
     assert values(unit, "User") == ["bytelocker"]
     assert values(unit, "StateDirectory") == ["bytelocker"]
