@@ -61,6 +61,12 @@ def connect_async(client, mqtt_section, *, session_expiry_seconds=0):
     client.loop_start()
 
 
+def disconnect(client):
+    """Disconnect a client started with :func:`connect_async` and stop its network thread."""
+    client.disconnect()
+    client.loop_stop()
+
+
 def run_forever(client, mqtt_section, stop_event, *, who, session_expiry_seconds=0):
     """Connect and run ``client``'s network loop on this thread until ``stop_event`` is set.
 

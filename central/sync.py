@@ -30,7 +30,7 @@ import paho.mqtt.client as mqtt
 import peewee as pw
 
 from bytelocker import contract, signing
-from bytelocker.broker_link import connect_async, make_client
+from bytelocker.broker_link import connect_async, disconnect, make_client
 from central import registry
 from edge.sync import encode_person
 
@@ -224,8 +224,7 @@ class CentralSync:
         if self._thread is not None:
             self._thread.join(timeout)
         if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
+            disconnect(self._client)
             self._client = None
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):

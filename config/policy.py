@@ -2,7 +2,7 @@
 
 import datetime as dt
 import re
-from typing import List, Literal, Optional
+from typing import List, Literal
 
 from pydantic import Field, field_validator, model_validator
 

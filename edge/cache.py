@@ -5,7 +5,6 @@ decide lives here.  Models are declared once against a deferred database that
 :func:`open_cache` binds at start-up, the peewee way.
 """
 
-import datetime as dt
 import json
 import logging
 import os
@@ -187,7 +186,3 @@ def load_gallery():
 def people():
     """All cached people, by id."""
     return {p.person_id: p for p in Person.select()}
-
-
-def utcnow():
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

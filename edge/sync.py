@@ -47,7 +47,7 @@ import paho.mqtt.client as mqtt
 import peewee as pw
 
 from bytelocker import contract, signing
-from bytelocker.broker_link import connect_async, make_client
+from bytelocker.broker_link import connect_async, disconnect, make_client
 from bytelocker.errors import ConfigError, MessageRejected, ReplayError, StorageError
 from edge import cache
 
@@ -245,8 +245,7 @@ class DoorSync:
         if self._thread is not None:
             self._thread.join(timeout)
         if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
+            disconnect(self._client)
             self._client = None
 
     # -- MQTT callbacks (network thread): hand everything to the sync thread --

@@ -21,13 +21,9 @@ import peewee as pw
 from central import attendance
 from central.clusters import Sighting, StrangerCluster, StrangerClusters
 from central.db import database
-from central.store import Door, Snapshot, StoredEvent
+from central.store import Door, Snapshot, StoredEvent, utcnow
 
 logger = logging.getLogger(__name__)
-
-
-def utcnow():
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 # ----------------------------------------------------------------- today
