@@ -136,6 +136,16 @@ def _zone(timezone):
     return timezone if isinstance(timezone, dt.tzinfo) else ZoneInfo(timezone)
 
 
+def site_today(timezone, *, now=None):
+    """The site's local date at ``now`` (naive UTC; default the clock).
+
+    Staff mean the site's day when they say "today": at 00:30 in Berlin the
+    UTC date is still yesterday's.
+    """
+    now = now or utcnow()
+    return now.replace(tzinfo=dt.timezone.utc).astimezone(_zone(timezone)).date()
+
+
 def day_start_utc(day, timezone):
     """Local midnight starting ``day`` in ``timezone``, as naive UTC."""
     local = dt.datetime.combine(day, dt.time(), tzinfo=_zone(timezone))
@@ -362,13 +372,16 @@ def _site(args):
 
 def cmd_attendance(args):
     """``bytelocker report attendance``: per person per local day, as a table or CSV."""
-    from central.commands import _open, print_rows
+    from central.commands import TODAY, _open, print_rows
 
-    first = args.from_date or args.date
-    last = args.to_date or args.date or first
-    if first is None:
+    if (args.from_date or args.date) is None:
         raise ReportError("Give the days to report: --date D, or --from D [--to D].")
     timezone, max_visit = _site(args)
+    # "today" is parsed as a word, so it becomes the site's date, not UTC's.
+    first, last, one_day = (site_today(timezone) if d == TODAY else d
+                            for d in (args.from_date, args.to_date, args.date))
+    first = first or one_day
+    last = last or one_day or first
     _open(args)
     records = report(first, last, timezone, person=args.person, group=args.group, max_visit=max_visit)
     if args.csv:

@@ -43,8 +43,10 @@ def register(subparsers):
     p = add("attendance", "each person's first in, last out, time on site and passes per local day",
             lazy("central.attendance:cmd_attendance"))
     p.add_argument("--date", type=parse_date, metavar="YYYY-MM-DD", help="one day (site time zone), or 'today'")
-    p.add_argument("--from", dest="from_date", type=parse_date, metavar="YYYY-MM-DD", help="first day of a range")
-    p.add_argument("--to", dest="to_date", type=parse_date, metavar="YYYY-MM-DD", help="last day (default: --from)")
+    p.add_argument("--from", dest="from_date", type=parse_date, metavar="YYYY-MM-DD",
+                   help="first day of a range, or 'today'")
+    p.add_argument("--to", dest="to_date", type=parse_date, metavar="YYYY-MM-DD",
+                   help="last day (default: --from), or 'today'")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--person", metavar="ID", help="only this person")
     who.add_argument("--group", metavar="G", help="only people in this registry group")
@@ -67,10 +69,14 @@ def register(subparsers):
 
 # ---------------------------------------------------------------- arguments
 
+TODAY = "today"
+"""What :func:`parse_date` returns for ``today``; the command resolves it in the site's time zone."""
+
+
 def parse_date(text):
-    """``YYYY-MM-DD`` or ``today`` (UTC)."""
-    if text == "today":
-        return dt.datetime.now(dt.timezone.utc).date()
+    """A :class:`datetime.date` from ``YYYY-MM-DD``, or :data:`TODAY` for ``today``."""
+    if text == TODAY:
+        return TODAY
     try:
         return dt.date.fromisoformat(text)
     except ValueError:

@@ -224,6 +224,22 @@ def test_attendance_date_option_is_a_one_day_range(site, capsys):
     assert len(lines) == 2 and "carol" in lines[1] and "2026-11-25 06:00:00" in lines[1]
 
 
+def test_today_is_the_sites_date_not_utcs(site, capsys, monkeypatch):
+    # 00:30 in Berlin on DAY is still BEFORE in UTC: "today" must be DAY.
+    monkeypatch.setattr(attendance, "utcnow", lambda: local(DAY, 0, 30))
+    assert attendance.site_today(BERLIN) == DAY
+    assert attendance.site_today("UTC") == BEFORE
+    assert main(["report", "attendance", "--date", "today", "--timezone", BERLIN,
+                 "--group", "staff", "--database", site, "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {r["date"] for r in rows} == {DAY.isoformat()}
+    assert {r["person_id"] for r in rows} >= {"alice", "bob"}
+    assert main(["report", "attendance", "--from", BEFORE.isoformat(), "--to", "today",
+                 "--timezone", BERLIN, "--person", "carol", "--database", site, "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["date"] for r in rows] == [BEFORE.isoformat(), DAY.isoformat()]
+
+
 def test_attendance_without_days_is_an_error(site, capsys):
     assert main(["report", "attendance", "--database", site]) == 1
     assert "--from" in capsys.readouterr().err

@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import tempfile
-from zoneinfo import ZoneInfo
 
 from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request,
                    send_file, session, url_for)
@@ -78,7 +77,7 @@ def _site():
 def _today():
     """The site's local date now."""
     timezone, _ = _site()
-    return _now().replace(tzinfo=dt.timezone.utc).astimezone(ZoneInfo(timezone)).date()
+    return attendance.site_today(timezone, now=_now())
 
 
 def _client_address():
