@@ -57,6 +57,19 @@ class Sighting(BaseModel):
     vector = pw.BlobField()
 
 
+_purges = 0
+
+
+def descriptors_purged():
+    """Tell every :class:`StrangerClusters` that stored sightings were deleted.
+
+    Each reloads its in-memory descriptors before its next match, so a
+    purged face is neither kept in memory nor matched again.
+    """
+    global _purges
+    _purges += 1
+
+
 class StrangerClusters:
     """Assign unidentified faces to stranger clusters.
 
@@ -72,6 +85,7 @@ class StrangerClusters:
         self._detector = detector
         self._matrix = None
         self._owners = None
+        self._loaded_after = _purges
 
     def _engine(self):
         if self._describer is None:
@@ -98,6 +112,7 @@ class StrangerClusters:
         return describer.describe(rgb, boxes[:1])[0]
 
     def _load(self):
+        self._loaded_after = _purges
         rows = list(Sighting.select(Sighting.cluster, Sighting.vector).tuples())
         if rows:
             self._owners = np.array([r[0] for r in rows], dtype=np.int64)
@@ -108,7 +123,7 @@ class StrangerClusters:
 
     def assign(self, descriptor, *, event_id, door_id, seen_at=None, snapshot_path=None):
         """Put one unidentified face into a cluster; return the :class:`StrangerCluster`."""
-        if self._matrix is None:
+        if self._matrix is None or self._loaded_after != _purges:
             self._load()
         descriptor = np.asarray(descriptor, dtype=np.float32).reshape(128)
         seen_at = seen_at or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

@@ -1,19 +1,25 @@
 """Purging what central may no longer keep (run periodically by ``central run``).
 
-Face snapshots of unidentified visitors are personal data kept only to
-review them: after ``storage.snapshot_retention_days`` (default 30) the JPEG
-files and every reference to them go.  Events themselves go after
+Face data of unidentified visitors is personal data kept only to review it:
+after ``storage.snapshot_retention_days`` (default 30) the JPEG files and
+every reference to them go, and so do the stranger-cluster sightings with
+the face descriptors central computed from them (a cluster left with no
+sighting is emptied, and deleted with the events).  Events and alerts go after
 ``storage.event_retention_days`` (default 365), with any snapshot they still
 have.  ``docs/central.md`` gives the privacy reasoning.
 """
 
 import datetime as dt
+import json
 import logging
 import os
 
 import peewee as pw
 
 from bytelocker.errors import StorageError
+from central import clusters
+from central.alerts import Alert
+from central.clusters import Sighting, StrangerCluster
 from central.db import database
 from central.store import Snapshot, StoredEvent, utcnow
 
@@ -25,9 +31,10 @@ BATCH = 1000
 def purge(storage, now=None):
     """Delete snapshots and events older than the retention periods of ``storage``.
 
-    Returns ``{"snapshots": n, "events": m}``.  Files are deleted before the
-    rows that point to them, so a crash in between leaves a reference to a
-    missing file (retried next run), never an orphaned face on disk.
+    Returns ``{"snapshots": n, "sightings": s, "events": m, "alerts": a}``.
+    Files are deleted before the rows that point to them, so a crash in
+    between leaves a reference to a missing file (retried next run), never an
+    orphaned face on disk.
     """
     now = now or utcnow()
     snap_cutoff = now - dt.timedelta(days=storage.snapshot_retention_days)
@@ -44,12 +51,45 @@ def purge(storage, now=None):
                 if not ids:
                     break
                 events += StoredEvent.delete().where(StoredEvent.id.in_(ids)).execute()
+        sightings = _purge_sightings(Sighting.seen_at < snap_cutoff)
+        with database.atomic():
+            (StrangerCluster.delete()
+             .where((StrangerCluster.sightings == 0) & (StrangerCluster.last_seen < event_cutoff)).execute())
+        with database.atomic():
+            alerts = Alert.delete().where(Alert.at < event_cutoff).execute()
     except pw.PeeweeException as exc:
         raise StorageError(f"Central retention purge failed: {exc}.") from exc
-    if snapshots or events:
-        logger.info("Retention: deleted %d snapshots older than %d days and %d events older than %d days.",
-                    snapshots, storage.snapshot_retention_days, events, storage.event_retention_days)
-    return {"snapshots": snapshots, "events": events}
+    if snapshots or sightings or events or alerts:
+        logger.info("Retention: deleted %d snapshots and %d stranger sightings older than %d days, "
+                    "%d events and %d alerts older than %d days.", snapshots, sightings,
+                    storage.snapshot_retention_days, events, alerts, storage.event_retention_days)
+    return {"snapshots": snapshots, "sightings": sightings, "events": events, "alerts": alerts}
+
+
+def _purge_sightings(condition):
+    """Delete expired stranger sightings (face descriptors); fix or drop their clusters."""
+    with database.atomic():
+        touched = {c for (c,) in Sighting.select(Sighting.cluster).where(condition).distinct().tuples()}
+        if not touched:
+            return 0
+        purged = Sighting.delete().where(condition).execute()
+        for cluster_id in touched:
+            left = list(Sighting.select(Sighting.seen_at, Sighting.door_id)
+                        .where(Sighting.cluster == cluster_id).tuples())
+            if not left:
+                # Emptied, not deleted: SQLite would give its number to the next new
+                # visitor, and alerts still name "unknown visitor #N".  The empty
+                # row goes with the events, after event_retention_days.
+                (StrangerCluster.update(sightings=0, doors_json="[]")
+                 .where(StrangerCluster.id == cluster_id).execute())
+                continue
+            # The label ("N sightings at M doors") must describe what is still kept.
+            (StrangerCluster.update(first_seen=min(t for t, _ in left), last_seen=max(t for t, _ in left),
+                                    sightings=len(left), doors_json=json.dumps(sorted({d for _, d in left})))
+             .where(StrangerCluster.id == cluster_id).execute())
+    # Matchers in this process still hold the purged descriptors in memory.
+    clusters.descriptors_purged()
+    return purged
 
 
 def _purge_snapshots(condition):

@@ -229,12 +229,53 @@ def test_retention_purges_old_snapshots_files_and_references_then_old_events(tmp
     old_path = StoredEvent.get(StoredEvent.event_id == str(old_face.event_id)).snapshot_path
     assert os.path.exists(old_path)
     result = retention.purge(config.storage, now=now)
-    assert result == {"snapshots": 1, "events": 1}
+    assert result == {"snapshots": 1, "sightings": 0, "events": 1, "alerts": 0}
     assert not os.path.exists(old_path)
     assert StoredEvent.get(StoredEvent.event_id == str(old_face.event_id)).snapshot_path is None
     assert os.path.exists(StoredEvent.get(StoredEvent.event_id == str(new_face.event_id)).snapshot_path)
     assert StoredEvent.get_or_none(StoredEvent.event_id == str(ancient.event_id)) is None
     assert Snapshot.select().count() == 1
+
+
+def test_retention_forgets_old_stranger_descriptors_and_old_alerts(tmp_path):
+    from central.alerts import Alert, raise_alert
+    from central.clusters import Sighting, StrangerCluster, StrangerClusters, clusters as list_clusters
+    from central.db import open_database
+
+    open_database(f"sqlite:///{tmp_path}/central.db")
+    config = CentralConfig.model_validate({"storage": {"snapshot_dir": str(tmp_path / "snaps")}})
+    now = dt.datetime(2026, 11, 25, 12, 0)
+    rng = np.random.default_rng(7)
+    old_face, kept_face, gone_face = (rng.normal(size=128).astype(np.float32) for _ in range(3))
+    old_face, kept_face, gone_face = (v / np.linalg.norm(v) for v in (old_face, kept_face, gone_face))
+    strangers = StrangerClusters()
+    # One visitor seen 40 days ago at the lab and yesterday at the front; another only 40 days ago.
+    twice = strangers.assign(old_face, event_id="e1", door_id="lab", seen_at=now - dt.timedelta(days=40))
+    strangers.assign(old_face + 0.01, event_id="e2", door_id="front", seen_at=now - dt.timedelta(days=1))
+    once = strangers.assign(gone_face, event_id="e3", door_id="lab", seen_at=now - dt.timedelta(days=40))
+    assert StrangerCluster.get_by_id(twice.id).sightings == 2
+    raise_alert("door_forced", "old", "door:lab", now - dt.timedelta(days=400), "old", {})
+    raise_alert("door_forced", "new", "door:lab", now - dt.timedelta(days=3), "new", {})
+
+    result = retention.purge(config.storage, now=now)
+
+    assert result == {"snapshots": 0, "sightings": 2, "events": 0, "alerts": 1}
+    assert sorted(s.event_id for s in Sighting.select()) == ["e2"]
+    kept = StrangerCluster.get_by_id(twice.id)
+    assert (kept.sightings, kept.doors, kept.first_seen) == (1, ["front"], now - dt.timedelta(days=1))
+    emptied = StrangerCluster.get_by_id(once.id)
+    assert (emptied.sightings, emptied.doors) == (0, [])
+    assert [c.id for c in list_clusters()] == [twice.id]
+    assert [a.key for a in Alert.select()] == ["new"]
+    # The matcher no longer holds the purged faces: the one seen only 40 days ago is a new
+    # visitor with a new number, and his old cluster stays empty.
+    again = strangers.assign(gone_face, event_id="e4", door_id="lab", seen_at=now)
+    assert again.id not in (once.id, twice.id)
+    assert StrangerCluster.get_by_id(once.id).sightings == 0
+    assert strangers.assign(kept_face, event_id="e5", door_id="lab", seen_at=now).id not in (once.id, again.id)
+    # A year on, the empty cluster goes with the events.
+    retention.purge(config.storage, now=now + dt.timedelta(days=400))
+    assert StrangerCluster.get_or_none(StrangerCluster.id == once.id) is None
 
 
 def test_postgres_storage_is_idempotent_and_reports_work(broker, tmp_path, collector_for, postgres_url):
