@@ -2,7 +2,7 @@
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from config.base import Section
 
@@ -43,12 +43,19 @@ class RecognitionSection(Section):
     )
     augment: Literal["none", "mirror"] = Field(
         "none",
-        description="Describe each face as it is ('none') or also its mirror image and average the two "
-        "('mirror': twice the describe cost, ~3 ms more per face with 'fast', ~70 ms with 'dlib'; LFW pairs "
-        "98.90% instead of 98.73%). Live and enrolled descriptors must be made the same way, and central "
-        "enrolment always uses 'none' (edge.describe.DEFAULT_AUGMENT), so 'mirror' is for evaluation until "
-        "that default changes and everyone is enrolled again (see docs/accuracy.md).",
+        description="How faces are described: 'none', each face as it is, the only way central enrols. Live "
+        "and enrolled descriptors must be made the same way, so a door cannot choose another; "
+        "`bytelocker eval ... --augment mirror` measures the alternative (see docs/accuracy.md).",
     )
+    @field_validator("augment")
+    @classmethod
+    def _augment_central_enrols_with(cls, value):
+        if value != "none":
+            raise ValueError(
+                f"central enrols everyone with 'none', and a door must describe faces as they were enrolled; "
+                f"measure '{value}' with `bytelocker eval pairs|gallery|video --augment {value}` instead")
+        return value
+
     threshold: float = Field(
         0.50, gt=0.0, le=1.2,
         description="Euclidean distance a face must be within to match a person; lower keeps more strangers "

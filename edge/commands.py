@@ -6,6 +6,9 @@ work, imported only when the command runs (models load lazily).
 
 from bytelocker.cli import lazy
 
+# Not edge.describe.AUGMENTS: that module imports dlib, and the CLI must start fast.
+AUGMENTS = ("none", "mirror")
+
 
 def register(subparsers):
     """Add ``eval``, ``demo`` and ``door`` to ``subparsers``."""
@@ -16,6 +19,8 @@ def register(subparsers):
     p.add_argument("--images", required=True, help="folder of <Name>/<Name>_NNNN.jpg")
     p.add_argument("--pairs", required=True, help="pairs file in LFW pairs.txt format")
     p.add_argument("--config", "-c", help="door.yaml to take the threshold and detector from")
+    p.add_argument("--augment", choices=AUGMENTS, help="describe faces this way instead of door.yaml's "
+                   "(enrolled and probe photos alike; 'mirror' averages each face with its mirror image)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="save the ROC curve")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: all cores)")
@@ -28,6 +33,8 @@ def register(subparsers):
                    help="share of people never enrolled (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", "-c", help="door.yaml to take the matching settings from")
+    p.add_argument("--augment", choices=AUGMENTS, help="describe faces this way instead of door.yaml's "
+                   "(enrolled and probe photos alike; 'mirror' averages each face with its mirror image)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: all cores)")
     p.set_defaults(func=lazy("edge.evaluate:cmd_gallery"))
@@ -36,6 +43,8 @@ def register(subparsers):
     p.add_argument("--video", required=True)
     p.add_argument("--enroll", required=True, help="folder of <person_id>/* photos to enrol")
     p.add_argument("--config", "-c", help="door.yaml to take the loop settings from")
+    p.add_argument("--augment", choices=AUGMENTS, help="describe faces this way instead of door.yaml's "
+                   "(enrolled and probe photos alike; 'mirror' averages each face with its mirror image)")
     p.add_argument("--json", action="store_true", help="print a JSON list of decisions")
     p.set_defaults(func=lazy("edge.video_eval:cmd_video"))
 

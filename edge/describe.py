@@ -9,8 +9,9 @@ so callers describe only faces whose decision is still open.
 Descriptors are unit-scale float32 vectors; Euclidean distance between two of
 them is ~0.3-0.5 for the same person and >0.6 for most different people.
 
-``augment`` (``recognition.augment`` in door.yaml) optionally describes more
-than the chip itself and averages: ``"mirror"`` adds the chip's left-right
+``augment`` (``bytelocker eval ... --augment``; door.yaml's
+``recognition.augment`` accepts only central's ``none``) optionally
+describes more than the chip itself and averages: ``"mirror"`` adds the chip's left-right
 mirror image (2x the describe cost).  On lfw-dev it lifts 10-fold pairs
 accuracy from 98.73% to 98.90%; more copies (dlib-style jitter, rescaled or
 rotated chips, 68-point alignment) measured 98.9-99.1%, within the noise of

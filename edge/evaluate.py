@@ -679,7 +679,8 @@ def _settings_from_config(args):
 
     config = load_door_config(getattr(args, "config", None))
     rec = config.recognition
-    settings = DescribeSettings(detector=config.detection.model, engine=rec.engine, augment=rec.augment,
+    augment = getattr(args, "augment", None) or rec.augment
+    settings = DescribeSettings(detector=config.detection.model, engine=rec.engine, augment=augment,
                                 models_dir=rec.models_dir)
     return config, settings
 

@@ -232,6 +232,9 @@ def cmd_video(args):
     # one-sentence error; keep them out unless the operator asked for them.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     config = load_door_config(getattr(args, "config", None))
+    if getattr(args, "augment", None):
+        # Evaluation only: a door's own config refuses anything but central's way.
+        config.recognition = config.recognition.model_copy(update={"augment": args.augment})
     check_video(args.video)  # fail on a bad clip before spending time on enrolment
     loop = build_loop(config)
     gallery = enrol_folder(args.enroll, loop.describer)

@@ -189,6 +189,28 @@ def test_the_door_and_central_enrolment_describe_faces_the_same_way_by_default()
     assert RecognitionSection().augment == DEFAULT_AUGMENT == DescribeSettings().augment
 
 
+def test_eval_pairs_measures_another_augmentation_than_the_doors(tmp_path, photo_folder, monkeypatch, capsys):
+    from edge.commands import AUGMENTS as CLI_AUGMENTS
+    from edge.describe import AUGMENTS
+
+    assert CLI_AUGMENTS == AUGMENTS
+    monkeypatch.setenv("BYTELOCKER_CACHE_DIR", str(tmp_path / "cache"))
+    pairs = write_pairs(tmp_path, "1\t1\nEileen\t1\t2\nEileen\t1\tGrace\t1\n")
+    reports = {}
+    for augment in AUGMENTS:
+        assert main(["eval", "pairs", "--images", str(photo_folder), "--pairs", pairs, "--json", "--jobs", "1",
+                     "--augment", augment]) == 0
+        reports[augment] = json.loads(capsys.readouterr().out)
+    assert [reports[a]["augment"] for a in AUGMENTS] == list(AUGMENTS)
+    # Each run described the photos its own way: both sets are in the cache, and they differ.
+    path = lfw_photo_path(str(photo_folder), "Eileen", 1)
+    st = os.stat(path)
+    cache = DescriptorCache(str(tmp_path / "cache"))
+    vectors = [cache.lookup({path: (st.st_size, st.st_mtime_ns)}, DescribeSettings(augment=a).key())[path].vector
+               for a in AUGMENTS]
+    assert not np.allclose(vectors[0], vectors[1], atol=1e-3)
+
+
 def test_eval_pairs_reports_a_corrupt_photo_without_a_traceback(tmp_path, photo_folder, monkeypatch, capsys):
     monkeypatch.setenv("BYTELOCKER_CACHE_DIR", str(tmp_path / "cache"))
     pairs = write_pairs(tmp_path, "2\t1\nEileen\t1\t2\nEileen\t1\tGrace\t1\n"
