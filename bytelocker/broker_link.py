@@ -38,6 +38,12 @@ def make_client(mqtt_section, client_id, *, password=None, manual_ack=False):
                        tls_version=ssl.PROTOCOL_TLS_CLIENT)
     client.reconnect_delay_set(min_delay=max(1, int(round(m.reconnect_min_seconds))),
                                max_delay=max(1, int(round(m.reconnect_max_seconds))))
+    # A callback that raises would otherwise end paho's network thread, and a
+    # persistent session hands the same message back after every reconnect:
+    # one bad message must cost that message, never the link.  Our callbacks
+    # catch what they expect; this is the backstop, logged through paho's logger.
+    client.suppress_exceptions = True
+    client.enable_logger(logging.getLogger("paho.mqtt"))
     return client
 
 

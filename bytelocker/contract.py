@@ -38,8 +38,9 @@ MAX_SNAPSHOT_BYTES = 128 * 1024
 MAX_DETAILS_BYTES = 8 * 1024
 # Largest ``status`` payload, bytes.
 MAX_STATUS_BYTES = 16 * 1024
-# Door ids: what door.yaml accepts, so they are always one topic level.
-DOOR_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# Door ids: what door.yaml accepts, so they are always one topic level and a
+# safe folder name: a letter or digit first, so never "." or "..".
+DOOR_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 EventType = Literal[
     "granted",
@@ -99,6 +100,11 @@ def door_id_from_topic(prefix, topic):
     if len(parts) != len(base) + 3 or parts[: len(base)] != base or parts[len(base)] != "doors":
         return None
     return parts[len(base) + 1]
+
+
+def is_door_id(value):
+    """True if ``value`` is a valid door id (:data:`DOOR_ID_PATTERN`)."""
+    return isinstance(value, str) and re.fullmatch(DOOR_ID_PATTERN, value) is not None
 
 
 def leaf_from_topic(prefix, topic):

@@ -230,6 +230,7 @@ def verify_bytes(payload, public_keys, *, domain=DOMAIN):
     """Parse the JSON ``payload`` and :func:`verify` it under ``domain``; return the body."""
     try:
         envelope = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
-        raise MessageRejected("The update is not valid JSON (truncated or garbled).") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: a few hundred nested brackets, which no signed body has.
+        raise MessageRejected("The update is not valid JSON (truncated, garbled or absurdly nested).") from None
     return verify(envelope, public_keys, domain=domain)

@@ -152,6 +152,10 @@ class Collector:
         try:
             if door_id is None or leaf not in LEAVES:
                 raise MessageRejected(f"Message on {topic} is not on a door topic central reads.")
+            if not self.config.serves(door_id):
+                # Not stored and no receipt: a real door keeps its events until it is listed.
+                raise MessageRejected(f"Door {door_id!r} is not in central.yaml's doors; "
+                                      f"its {leaf} message is not stored.")
             if leaf == "events":
                 item = contract.parse_event(topic, door_id, message.payload)
             elif leaf == "status":
@@ -289,6 +293,10 @@ def cmd_run(args):
     from central import alerts  # registers the alerts table (and the stranger clusters')
 
     config = load_central_config(args.config)
+    if not config.doors:
+        logger.warning("central.yaml lists no doors: central accepts events and answers enrolment requests "
+                       "from any door id on the broker, and relays no area passes. List the doors under "
+                       "'doors:' (docs/central.md).")
     password, db_password = _secrets()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

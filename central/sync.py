@@ -46,6 +46,8 @@ PUBLISH_RETRY_SECONDS = 2.0
 # broker for long) new ones are dropped: doors fall back to their own knowledge.
 MAX_PENDING_PASSAGES = 10_000
 PASSAGE_ATTEMPTS = 3
+# Distinct refused doors logged (a flood of made-up door ids must not grow memory).
+MAX_REFUSALS_LOGGED = 1000
 
 
 def _now_text():
@@ -119,15 +121,19 @@ def answer_body(door_id, since, nonce):
 def parse_sync_request(prefix, topic, payload):
     """``(door_id, version, nonce)`` from a sync_request, or None if it is malformed (logged)."""
     door_id = contract.door_id_from_topic(prefix, topic)
-    if door_id is None or door_id == contract.UPDATES_ALL or len(payload) > contract.MAX_SYNC_REQUEST_BYTES:
-        logger.warning("ignoring a malformed sync request on %s", topic)
+    if (door_id is None or not contract.is_door_id(door_id) or door_id == contract.UPDATES_ALL
+            or len(payload) > contract.MAX_SYNC_REQUEST_BYTES):
+        logger.warning("ignoring a malformed sync request on %r", topic[:200])
         return None
     try:
         data = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         logger.warning("ignoring a sync request on %s that is not JSON", topic)
         return None
-    version, nonce = (data.get("version"), data.get("nonce")) if isinstance(data, dict) else (None, None)
+    if not isinstance(data, dict):
+        logger.warning("ignoring a sync request on %s that is not a JSON object", topic)
+        return None
+    version, nonce = data.get("version"), data.get("nonce")
     if (data.get("door") != door_id or not isinstance(version, int) or isinstance(version, bool)
             or version < 0 or not isinstance(nonce, str) or not 8 <= len(nonce) <= 64):
         logger.warning("ignoring a malformed sync request on %s", topic)
@@ -177,6 +183,7 @@ class CentralSync:
         self._passage_attempts = 0
         self._passage_retry_at = 0.0
         self.passages_relayed = 0
+        self._refused = set()
 
     def start(self):
         """Connect (persistent session, so requests queue while central is away) and start the worker."""
@@ -206,6 +213,13 @@ class CentralSync:
             body = contract.passage_body(event)
             if body is None:
                 continue
+            area = self.config.area_of(event.door_id)
+            if area != body["area"]:
+                # The area comes from central.yaml, never from the event: any
+                # broker account can write an event naming any area.
+                self._refuse(event.door_id, f"its pass in area {body['area']!r} is not relayed "
+                             + ("(the door is not listed)" if area is None else f"(it is listed in area {area!r})"))
+                continue
             try:
                 self._passages.put_nowait(body)
                 queued += 1
@@ -217,6 +231,13 @@ class CentralSync:
                                    self._passages_dropped)
         if queued:
             self._wake.set()
+
+    def _refuse(self, door_id, what):
+        # Logged once per door and reason: a misconfigured door sends this all day.
+        key = (door_id, what)
+        if key not in self._refused and len(self._refused) < MAX_REFUSALS_LOGGED:
+            self._refused.add(key)
+            logger.warning("central: door %r is not in central.yaml's doors with that area: %s.", door_id, what)
 
     def join(self, timeout=None):
         """Wait for the worker to end (after the stop event is set), then disconnect."""
@@ -249,7 +270,11 @@ class CentralSync:
         self._acks[mid] = reason_code
 
     def _on_message(self, client, userdata, message):
-        request = parse_sync_request(self.prefix, message.topic, message.payload)
+        try:
+            request = parse_sync_request(self.prefix, message.topic, message.payload)
+        except Exception:  # anyone may publish here: one message must not end the link
+            logger.exception("central: dropped a sync request on %r that could not be read", message.topic[:200])
+            return
         if request is not None:
             self._requests.put(request)
             self._wake.set()
@@ -362,6 +387,9 @@ class CentralSync:
             latest[door_id] = (version, nonce)
         now = time.monotonic()
         for door_id, (version, nonce) in latest.items():
+            if not self.config.serves(door_id):
+                self._refuse(door_id, "its enrolment request is not answered")
+                continue
             wait = self._last_answer.get(door_id, 0) + MIN_ANSWER_INTERVAL - now
             if wait > 0:
                 # Too soon for this door: keep only its newest request; the

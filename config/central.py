@@ -1,9 +1,11 @@
 """central.yaml: the central collector's configuration."""
 
 import datetime as dt
+from typing import Dict, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from bytelocker.contract import is_area_name, is_door_id
 from config.alerts import AlertsSection
 from config.attendance import AttendanceSection
 from config.base import Section
@@ -68,6 +70,23 @@ class WebSection(Section):
     threads: int = Field(4, ge=1, le=64, description="Worker threads of the web server.")
 
 
+class DoorEntry(Section):
+    """One door unit that central serves."""
+
+    area: str = Field(
+        "site", min_length=1, max_length=64,
+        description="The door's anti-passback area (policy.area in its door.yaml; 'site' there and here by "
+        "default). Central relays this door's passes to this area only, whatever the door's events say.",
+    )
+
+    @field_validator("area")
+    @classmethod
+    def _check_area(cls, value):
+        if not is_area_name(value):
+            raise ValueError("must not contain '/', '+' or '#' (it is part of an MQTT topic)")
+        return value
+
+
 class CentralConfig(Section):
     version: int = Field(CURRENT_VERSION, ge=1, le=CURRENT_VERSION, description="Config file format version.")
     mqtt: MqttSection = Field(default_factory=MqttSection)
@@ -79,3 +98,29 @@ class CentralConfig(Section):
     site: SiteSection = Field(default_factory=SiteSection)
     attendance: AttendanceSection = Field(default_factory=AttendanceSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)
+    doors: Dict[str, Optional[DoorEntry]] = Field(
+        default_factory=dict,
+        description="The door units central serves, by door id (each door's MQTT user name), each with its "
+        "area. Listed: only these doors are stored, answered with enrolments and relayed as area passes, so "
+        "no other broker account can pose as a door. Empty: any door id is accepted and no passes are "
+        "relayed (a demo or a broker only doors can reach); central warns at start.",
+    )
+
+    @field_validator("doors")
+    @classmethod
+    def _check_doors(cls, value):
+        for door_id in value:
+            if not is_door_id(door_id):
+                raise ValueError(f"{door_id!r} is not a door id: letters, digits, '-', '_' and '.', "
+                                 f"starting with a letter or digit")
+        # "front-in:" with nothing after it lists the door with the defaults.
+        return {door_id: entry or DoorEntry() for door_id, entry in value.items()}
+
+    def serves(self, door_id):
+        """True if central accepts messages from ``door_id`` (any door when no doors are listed)."""
+        return not self.doors or door_id in self.doors
+
+    def area_of(self, door_id):
+        """The listed door's area, or None for a door that is not listed."""
+        entry = self.doors.get(door_id)
+        return entry.area if entry is not None else None

@@ -4,6 +4,7 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
+from bytelocker.contract import DOOR_ID_PATTERN
 from config.base import Problem, Section
 from config.camera import CameraSection
 from config.hardware import HardwareSection
@@ -18,8 +19,9 @@ CURRENT_VERSION = 2
 class DoorSection(Section):
     """Who this door is and where it keeps its files."""
 
-    id: str = Field("door-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
-                    description="This door's id: letters, digits, '-', '_' and '.'.")
+    id: str = Field("door-1", min_length=1, max_length=64, pattern=DOOR_ID_PATTERN,
+                    description="This door's id: letters, digits, '-', '_' and '.', starting with a letter or "
+                    "digit.")
     name: str = Field("", max_length=200, description="Human name of the door.")
     data_dir: str = Field("/var/lib/bytelocker", description="Where the cache, the outbox and the status file live (the service's StateDirectory).")
     central_public_key: Optional[str] = Field(None, description="Central's Ed25519 public key (base64, from 'bytelocker keys init'), pinned at install; during a key rotation, the old and new keys separated by a comma.")

@@ -112,6 +112,9 @@ class Site:
             "mqtt": mqtt_settings(broker),
             "database": {"url": f"sqlite:///{tmp_path / 'central.db'}"},
             "storage": {"snapshot_dir": str(tmp_path / "snapshots")},
+            # Central knows its doors and their area; "vault-in" is a door of another area.
+            "doors": {"north-in": {"area": AREA}, "south-in": {"area": AREA}, "hall-out": {"area": AREA},
+                      "vault-in": {"area": "vault"}},
         })
         self.stop = threading.Event()
         self.central_sync = CentralSync(self.config, self.key, self.stop)
@@ -213,6 +216,28 @@ def test_genuine_signature_over_the_wrong_thing_is_rejected(site):
 
     assert eventually(lambda: site.south.sync.passages_rejected == 3)
     assert site.south.policy.last_passage("bob") is None
+
+
+def test_a_grant_claiming_an_area_is_relayed_only_for_a_door_central_lists_in_that_area(site):
+    # Any broker account can write an event naming any area: a door of another
+    # area, or an account that is no door at all.  Neither may make central
+    # sign a passage that locks Ann out of the hall (hard anti-passback).
+    def forged_grant(door_id):
+        event = contract.Event.build(door_id, 1, "granted",
+                                     {"person_id": "ann", "area": AREA, "direction": ENTRY})
+        site.door_link.publish(contract.events_topic(PREFIX, door_id), event.to_json())
+
+    rejected = site.collector.stats["rejected"]
+    forged_grant("vault-in")
+    forged_grant("hvac")
+    assert eventually(lambda: site.collector.stats["stored"] == 1)
+    assert eventually(lambda: site.collector.stats["rejected"] == rejected + 1)  # hvac: not a listed door
+
+    site.north.present("bob")  # a genuine pass after them, to know the relay has caught up
+    assert eventually(lambda: site.south.sync.passages_applied == 1)
+    assert site.central_sync.passages_relayed == 1
+    assert site.south.policy.last_passage("ann") is None
+    assert site.south.present("ann").allowed
 
 
 def test_replayed_older_signed_passage_does_not_roll_state_back(site):
