@@ -43,8 +43,15 @@ def make_client(mqtt_section, client_id, *, password=None, manual_ack=False):
     # one bad message must cost that message, never the link.  Our callbacks
     # catch what they expect; this is the backstop, logged through paho's logger.
     client.suppress_exceptions = True
-    client.enable_logger(logging.getLogger("paho.mqtt"))
+    client.on_log = _log_callback_failures
     return client
+
+
+def _log_callback_failures(client, userdata, level, message):
+    # Only what suppress_exceptions swallowed: paho's other log lines are
+    # connection chatter that our own callbacks already report.
+    if message.startswith("Caught exception in"):
+        logger.error("An MQTT callback failed and its message was dropped: %s", message)
 
 
 def session_properties(session_expiry_seconds):

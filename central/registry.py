@@ -359,3 +359,21 @@ def anonymise_person_rows(person_id, placeholder=None):
         n = model.update(updates).where(field == person_id).execute()
         changed[model._meta.table_name] = n
     return changed
+
+
+def advance_version(at_least):
+    """Move the change counter up to ``at_least`` (if it is lower); return the version now.
+
+    For a registry restored from a backup: doors hold versions it never
+    issued, and would refuse every later change as a replay.  The skipped
+    versions have no log rows, so ``log_start`` moves up too and every door
+    gets a full snapshot at the new version.
+    """
+    with write_transaction():
+        current = current_version()
+        if at_least <= current:
+            return current
+        for key in ("version", "log_start"):
+            RegistryCounter.insert(key=key, value=0).on_conflict_ignore().execute()
+            RegistryCounter.update(value=at_least).where(RegistryCounter.key == key).execute()
+    return at_least

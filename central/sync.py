@@ -46,6 +46,9 @@ PUBLISH_RETRY_SECONDS = 2.0
 # broker for long) new ones are dropped: doors fall back to their own knowledge.
 MAX_PENDING_PASSAGES = 10_000
 PASSAGE_ATTEMPTS = 3
+# Versions a door may claim: a door ahead of central moves central's counter,
+# which must stay far from the 64-bit limit of the database column.
+MAX_VERSION = 2**53
 # Distinct refused doors logged (a flood of made-up door ids must not grow memory).
 MAX_REFUSALS_LOGGED = 1000
 
@@ -81,8 +84,19 @@ def change_body(change):
 
 
 def answer_body(door_id, since, nonce):
-    """The signed-body answer to door ``door_id`` holding version ``since``: a batch or a snapshot."""
+    """The signed-body answer to door ``door_id`` holding version ``since``: a batch or a snapshot.
+
+    A door ahead of central means central's registry was restored from a
+    backup: the door would refuse anything numbered at or below what it holds
+    (as a replay), revocations included.  So central's counter first moves
+    past the door's version, and the door gets a snapshot it accepts.
+    """
     current = registry.current_version()
+    if since > current:
+        behind, current = current, registry.advance_version(since + 1)
+        logger.warning("central: door %s holds enrolment version %d, ahead of this registry's %d: was the "
+                       "central database restored from a backup? Versions now continue at %d; every door "
+                       "gets a full snapshot.", door_id, since, behind, current)
     if since == 0 or since < registry.log_start() or since > current:
         return {
             "schema": contract.SCHEMA_VERSION,
@@ -135,7 +149,7 @@ def parse_sync_request(prefix, topic, payload):
         return None
     version, nonce = data.get("version"), data.get("nonce")
     if (data.get("door") != door_id or not isinstance(version, int) or isinstance(version, bool)
-            or version < 0 or not isinstance(nonce, str) or not 8 <= len(nonce) <= 64):
+            or not 0 <= version < MAX_VERSION or not isinstance(nonce, str) or not 8 <= len(nonce) <= 64):
         logger.warning("ignoring a malformed sync request on %s", topic)
         return None
     return door_id, version, nonce

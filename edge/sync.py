@@ -383,6 +383,16 @@ class DoorSync:
         if version < current:
             raise ReplayError(f"The change has version {version}, but door {self.door_id} already holds "
                               f"version {current} (a replay of an old change).")
+        if current == 0:
+            # An empty cache takes nothing but a snapshot answering its own
+            # request: otherwise a recording of old changes 1, 2, ... replayed
+            # in order would enrol people revoked since.
+            logger.info("door %s: change %d arrived before the first snapshot; asking for one", self.door_id,
+                        version)
+            self._wanted = max(self._wanted, version)
+            if self._requested_at is None or time.monotonic() - self._requested_at >= GAP_RETRY_SECONDS:
+                self._request()
+            return False
         if version > current + 1:
             logger.info("door %s: change %d arrived while holding %d; asking for the missing ones",
                         self.door_id, version, current)

@@ -90,9 +90,9 @@ class Door:
 
 
 class Central:
-    def __init__(self, broker, key):
+    def __init__(self, broker, key, doors=None):
         self.stop = threading.Event()
-        config = CentralConfig(mqtt=mqtt_section(broker))
+        config = CentralConfig(mqtt=mqtt_section(broker), doors=doors or {})
         self.sync = CentralSync(config, key, self.stop)
 
     def start(self):
@@ -448,3 +448,121 @@ def test_update_refused_by_the_broker_acl_stays_in_the_log(tmp_path, central_db,
     finally:
         central.close()
         broker.stop()
+
+
+# --- hostile or odd sync requests, doors central does not list, restored backups --------------
+
+
+def sync_request(door_id, version=0):
+    return json.dumps({"door": door_id, "version": version, "nonce": os.urandom(8).hex()})
+
+
+def answers_on(attacker, door_id):
+    topic = contract.updates_topic(PREFIX, door_id)
+    return [p for t, p in attacker.seen if t == topic]
+
+
+def test_malformed_sync_requests_never_stop_central_answering(system, faces, attacker, caplog):
+    caplog.set_level(logging.WARNING)
+    central, door = settled(system, faces)
+    topic = contract.sync_request_topic(PREFIX, "door-2")
+    # Valid JSON that is no object, nesting deep enough for a RecursionError
+    # within the size limit, and an empty door level in the topic.
+    for payload in (b"[]", b"1", b"null", b'"x"', b"[" * 1000, b'{"door":' * 200):
+        attacker.publish(topic, payload)
+    attacker.publish(f"{PREFIX}/doors//sync_request", sync_request(""))
+    attacker.publish(topic, sync_request("door-2"))
+
+    # Central still answers, so its MQTT link survived every one of them ...
+    assert eventually(lambda: answers_on(attacker, "door-2"))
+    # ... and still publishes live changes.
+    registry.enrol("grace", [faces["grace"]])
+    assert eventually(synced(door))
+    assert door.grants(faces["grace"]) == "grace"
+    # The empty door id was not taken for "all doors".
+    snapshots = [p for t, p in attacker.seen if t == contract.updates_topic(PREFIX)
+                 and json.loads(p)["body"]["kind"] == "snapshot"]
+    assert snapshots == []
+    assert "not a JSON object" in caplog.text
+
+
+def test_central_answers_only_the_doors_it_lists(broker, central_db, door_cache, key, faces, attacker):
+    central = Central(broker, key, doors={DOOR: None}).start()
+    door = Door(broker, signing.public_key_b64(key)).start()
+    try:
+        registry.enrol("eileen", [faces["eileen"]])
+        assert eventually(synced(door))
+        # Any broker account can ask as "hvac"; a listed door asking is the control.
+        attacker.publish(contract.sync_request_topic(PREFIX, "hvac"), sync_request("hvac"))
+        attacker.publish(contract.sync_request_topic(PREFIX, DOOR), sync_request(DOOR))
+        assert eventually(lambda: len(answers_on(attacker, DOOR)) >= 2)
+        time.sleep(0.5)
+        assert answers_on(attacker, "hvac") == []
+    finally:
+        door.close()
+        central.close()
+
+
+def test_doors_recover_after_central_is_restored_from_an_older_backup(broker, tmp_path, door_cache, key, faces):
+    import shutil
+
+    live, backup = tmp_path / "central.db", tmp_path / "restored.db"
+    db = open_database(f"sqlite:///{live}")
+    central = Central(broker, key).start()
+    door = Door(broker, signing.public_key_b64(key)).start()
+    try:
+        registry.enrol("eileen", [faces["eileen"]])
+        assert eventually(synced(door))
+        db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        shutil.copy(live, backup)
+        registry.enrol("grace", [faces["grace"]])
+        assert eventually(synced(door))
+        assert sorted(cache.people()) == ["eileen", "grace"]
+        door_version = cache.cache_version()
+        central.close()
+        door.close()
+        db.close()
+
+        # The central database is restored from the backup (version 1, no Grace),
+        # while the door holds version 2 with Grace: the restored registry cannot
+        # even revoke her, so only its snapshot can take her off the door.
+        db = open_database(f"sqlite:///{backup}")
+        assert registry.current_version() == 1 < door_version
+        central = Central(broker, key).start()
+        door = Door(broker, signing.public_key_b64(key)).start()
+        assert eventually(lambda: registry.current_version() > door_version)
+        assert eventually(synced(door))
+        assert sorted(cache.people()) == ["eileen"]   # what the restored registry holds
+        assert door.grants(faces["grace"]) is None
+        # Later changes are numbered past the door's version, so they are not replays.
+        registry.revoke("eileen")
+        assert eventually(synced(door))
+        assert door.grants(faces["eileen"]) is None
+    finally:
+        door.close()
+        central.close()
+        db.close()
+
+
+def test_an_empty_door_cache_takes_no_replayed_live_changes(broker, central_db, door_cache, key, faces, attacker):
+    central = Central(broker, key).start()
+    try:
+        registry.enrol("grace", [faces["grace"]])
+        all_topic = contract.updates_topic(PREFIX)
+        assert eventually(lambda: [p for t, p in attacker.seen if t == all_topic])
+        recorded = [p for t, p in attacker.seen if t == all_topic][0]
+        registry.revoke("grace")
+        assert eventually(lambda: not registry.unpublished_changes())
+        central.close()
+
+        # A new door comes up while central is down; someone replays change 1.
+        door = Door(broker, signing.public_key_b64(key)).start()
+        attacker.publish(all_topic, recorded)
+        time.sleep(1.0)
+        assert cache.cache_version() == 0 and cache.people() == {}
+        central = Central(broker, key).start()
+        assert eventually(synced(door))
+        assert "grace" not in cache.people()
+        door.close()
+    finally:
+        central.close()
