@@ -174,6 +174,31 @@ def load_passes(since, until, timezone, *, person_ids=None):
     return people
 
 
+def load_anchored_passes(since, until, timezone, max_visit, *, person_ids=None):
+    """:func:`load_passes`, each person's list reaching back to where visits can be grouped afresh.
+
+    :func:`build_visits` lets an entry absorb the passes of the next
+    ``max_visit``, so where the grouping starts changes the visits it finds.
+    Each person's passes are extended back until their earliest one has no
+    pass of theirs in the ``max_visit`` before it: no visit can be open
+    there, so a one-day report groups the same passes as a month's.
+    """
+    people = load_passes(since, until, timezone, person_ids=person_ids)
+    edge = since
+    while True:
+        # Only someone whose earliest pass is within max_visit of the edge
+        # can have an earlier pass that still counts.
+        reaching = [pid for pid, passes in people.items() if passes[0].ts - max_visit < edge]
+        if not reaching:
+            return people
+        earlier = load_passes(edge - max_visit, edge, timezone, person_ids=reaching)
+        if not earlier:
+            return people
+        for person_id, passes in earlier.items():
+            people[person_id][:0] = passes
+        edge -= max_visit
+
+
 def build_visits(passes, max_visit=DEFAULT_MAX_VISIT):
     """Group one person's passes (time order) into :class:`Visit` objects; see the module docstring."""
     visits = []
@@ -246,12 +271,13 @@ def report(first_day, last_day, timezone, *, person=None, group=None, max_visit=
     if person_ids is not None and not person_ids:
         return []
     # A visit starting on last_day may end up to max_visit later; one that an
-    # exit on first_day closes began up to max_visit earlier (twice that
-    # keeps such a visit's own start right).
-    since = day_start_utc(first_day, timezone) - 2 * max_visit
+    # exit on first_day closes began up to max_visit earlier, and what came
+    # before it is found by load_anchored_passes.
+    since = day_start_utc(first_day, timezone) - max_visit
     until = day_start_utc(last_day + dt.timedelta(days=1), timezone) + max_visit
     records = []
-    for person_id, passes in load_passes(since, until, timezone, person_ids=person_ids).items():
+    for person_id, passes in load_anchored_passes(since, until, timezone, max_visit,
+                                                  person_ids=person_ids).items():
         visits = build_visits(passes, max_visit)
         name, groups = known.get(person_id, ("", ()))
         by_day = collections.OrderedDict()
@@ -278,7 +304,8 @@ def on_site(timezone, *, now=None, max_visit=DEFAULT_MAX_VISIT):
     now = now or utcnow()
     known = _people()
     rows = []
-    for person_id, passes in load_passes(now - 2 * max_visit, now + dt.timedelta(seconds=1), timezone).items():
+    passes_by_person = load_anchored_passes(now - max_visit, now + dt.timedelta(seconds=1), timezone, max_visit)
+    for person_id, passes in passes_by_person.items():
         visits = build_visits(passes, max_visit)
         last = visits[-1] if visits else None
         if last is None or last.entry is None or last.exit is not None or now - last.entry.ts > max_visit:

@@ -89,14 +89,16 @@ def parse_time(text, now=None):
     age = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip())
     if age:
         unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[age.group(2)]
-        return now - dt.timedelta(**{unit: float(age.group(1))})
     try:
+        if age:
+            return now - dt.timedelta(**{unit: float(age.group(1))})
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        if when.tzinfo is not None:
+            when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        # OverflowError: an age past year 1, or a time zone that moves year 1 or 9999 out of range.
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a time like 2026-11-25T08:00 or an age like 24h") from None
-    if when.tzinfo is not None:
-        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
     return when
 
 
@@ -113,14 +115,24 @@ def _cell(value):
     return str(value)
 
 
+def csv_safe(value):
+    """``value`` as CSV text that a spreadsheet will not run as a formula.
+
+    Names, ids and groups are free text typed by people; a cell starting
+    with ``=``, ``+``, ``-`` or ``@`` would be a formula in Excel or Calc.
+    """
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def print_rows(rows, columns, as_csv=False, out=None):
-    """Print ``rows`` (dicts) as an aligned table, or as CSV."""
+    """Print ``rows`` (dicts) as an aligned table, or as CSV safe to open in a spreadsheet."""
     out = out or sys.stdout
     if as_csv:
         writer = csv.writer(out)
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in columns])
+            writer.writerow([csv_safe(_cell(row.get(c))) for c in columns])
         return
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]

@@ -14,7 +14,7 @@ from central import attendance, registry
 from central.attendance import MISSING_ENTRY, MISSING_EXIT, NO_DIRECTION, ON_SITE
 from central.db import open_database
 from central.door_health import door_health
-from central.store import store_available, store_events, store_status
+from central.store import StoredEvent, store_available, store_events, store_status
 from tests.postgres import postgres_cluster, postgres_url  # noqa: F401 (fixtures)
 
 BERLIN = "Europe/Berlin"
@@ -222,6 +222,35 @@ def test_attendance_date_option_is_a_one_day_range(site, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["date", "person_id", "name"]
     assert len(lines) == 2 and "carol" in lines[1] and "2026-11-25 06:00:00" in lines[1]
+
+
+def test_a_day_groups_passes_as_a_longer_range_does(tmp_path):
+    # Entries Sunday 15:00, Monday 06:00 and 14:00 at doors without a direction
+    # role, an exit Tuesday 01:00 (16-hour visits): Monday 06:00 belongs to
+    # Sunday's visit, so Monday 14:00 starts the visit Tuesday's exit closes,
+    # whether the report starts on Sunday or on Tuesday.
+    open_database(f"sqlite:///{tmp_path}/central.db")
+    sunday = DAY - dt.timedelta(days=2)
+    monday, tuesday = sunday + dt.timedelta(days=1), sunday + dt.timedelta(days=2)
+    passes = [(local(sunday, 15), None), (local(monday, 6), None), (local(monday, 14), None),
+              (local(tuesday, 1), "exit")]
+    store_events([contract.Event.build("door", i + 1, "granted",
+                                       {"person_id": "ivy", **({"direction": d} if d else {})}, ts=ts)
+                  for i, (ts, d) in enumerate(passes)], str(tmp_path / "snapshots"))
+    now = local(tuesday, 12)
+
+    def rows(first, last):
+        return {r.date: (r.first_in, r.last_out, r.time_on_site, r.flags)
+                for r in attendance.report(first, last, BERLIN, now=now)}
+
+    whole = rows(sunday, tuesday)
+    assert whole[monday][:3] == (berlin(monday, 14), berlin(tuesday, 1), dt.timedelta(hours=11))
+    assert rows(tuesday, tuesday) == {d: v for d, v in whole.items() if d == tuesday}
+    assert rows(monday, monday) == {monday: whole[monday]}
+    # The same anchoring for who is on site: without the exit, Monday 14:00's
+    # visit is open at Tuesday 05:00.
+    StoredEvent.delete().where(StoredEvent.seq == 4).execute()
+    assert [r["since"] for r in attendance.on_site(BERLIN, now=local(tuesday, 5))] == [berlin(monday, 14)]
 
 
 def test_today_is_the_sites_date_not_utcs(site, capsys, monkeypatch):

@@ -100,3 +100,20 @@ def test_since_accepts_ages_and_iso_times():
     assert parse_time("24h", now) == dt.datetime(2026, 11, 24, 12, 0)
     assert parse_time("90m", now) == dt.datetime(2026, 11, 25, 10, 30)
     assert parse_time("2026-11-25T08:00Z", now) == dt.datetime(2026, 11, 25, 8, 0)
+
+
+@pytest.mark.parametrize("text", ["1000000d", "0001-01-01T00:00+01:00", "9999-12-31T23:59-01:00"])
+def test_times_out_of_the_calendar_are_usage_errors_not_tracebacks(text, capsys):
+    with pytest.raises(SystemExit):
+        main(["report", "events", "--since", text])
+    assert "not a time" in capsys.readouterr().err
+
+
+def test_csv_cells_are_never_spreadsheet_formulas(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/central.db"
+    open_database(url)
+    store_events([contract.Event.build("lab", 1, "granted", {"person_id": '=HYPERLINK("http://x","y")'},
+                                       ts=at(9))], str(tmp_path / "snapshots"))
+    assert main(["report", "events", "--database", url, "--csv"]) == 0
+    out = capsys.readouterr().out
+    assert "'=HYPERLINK" in out and ',=HYPERLINK' not in out
