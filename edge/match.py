@@ -207,9 +207,11 @@ def match(descriptors, gallery, *, threshold=DEFAULT_THRESHOLD, margin=DEFAULT_M
         if cohort_nearest is not None and float(cohort_nearest[i]) < second:
             second, rival_is_cohort = float(cohort_nearest[i]), True
         person = gallery.people[order[0]]
-        if best > threshold:
+        # Written to fail closed: a NaN distance (a numeric fault in a
+        # descriptor engine) passes neither test, so it is never a match.
+        if not best <= threshold:
             results.append(Match(UNKNOWN, None, best, second, person))
-        elif second - best < margin:
+        elif not second - best >= margin:
             results.append(Match(UNKNOWN if rival_is_cohort else AMBIGUOUS, None, best, second, person))
         else:
             results.append(Match(MATCH, person, best, second, person))

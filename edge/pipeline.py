@@ -113,8 +113,8 @@ class RecognitionLoop:
         gallery = self._gallery
         results = match(descriptors, gallery, threshold=self.threshold, margin=self.margin, cohort=self.cohort)
         decisions = []
-        for track, result in zip(todo, results):
-            made = track.vote(result, t, frame)
+        for track, result, descriptor in zip(todo, results, descriptors):
+            made = track.vote(result, t, frame, descriptor)
             if made is not None:
                 decisions.append(made)
                 logger.info("track %s: %s %s (distance %.3f, %s frames, %.0f ms)",

@@ -20,6 +20,19 @@ Each undecided track keeps the match results of its last N described frames
 
 Ambiguous frames never count as a vote for anyone.
 
+Boxes alone cannot tell two faces apart when one takes the other's place
+(two people close together, or a stranger stepping into the spot someone
+just left), so a track also checks that it still follows the same *face*:
+
+* each descriptor is compared with the track's previous one; one further
+  than :data:`SAME_FACE_DISTANCE` means another face, and the votes so far
+  are cleared, so K votes always come from one face;
+* a decided track is described again when it is picked up after a frame
+  without it, and every :data:`IDENTITY_CHECK_SECONDS` while it stays in
+  view (one descriptor, a few milliseconds); a different face restarts it
+  as a new track with a new id, so a tailgater standing where a granted
+  person stood gets their own decision, event and snapshot.
+
 The descriptor (60-100 ms each with dlib-bin, a few ms with the ``fast``
 engine) is the door's budget, so a decided track is
 not described again: a granted face that stays in view costs only detection,
@@ -49,6 +62,11 @@ logger = logging.getLogger(__name__)
 GRANTED = "granted"
 UNKNOWN = "unknown"
 UNDECIDED_BUDGET_WINDOWS = 3
+# Two descriptors of one face in consecutive frames are ~0.1-0.4 apart; 0.6
+# is dlib's same-person verification threshold (on lfw-dev pairs only 0.5% of
+# different people are nearer), so beyond it the track is following someone else.
+SAME_FACE_DISTANCE = 0.6
+IDENTITY_CHECK_SECONDS = 2.0
 CROP_MAX_PX = 112
 CROP_PADDING = 0.25
 
@@ -110,8 +128,9 @@ class Track:
     face, and :meth:`vote` with each match result.
     """
 
-    def __init__(self, track_id, box, t, *, votes_needed, window_frames, retry_seconds=0.0):
+    def __init__(self, track_id, box, t, *, votes_needed, window_frames, retry_seconds=0.0, new_id=None):
         self.track_id = track_id
+        self._new_id = new_id
         self.box = box
         self.first_t = t
         self.last_t = t
@@ -129,6 +148,9 @@ class Track:
         self._retry_at = float("inf")
         self._best_area = -1
         self._crop = None
+        self._last_descriptor = None
+        self._check_at = float("inf")
+        self.missed = False  # set by the Tracker: not seen in the previous frame
 
     @property
     def decided(self):
@@ -143,29 +165,76 @@ class Track:
         state = self.decision.decision if self.decision else f"{len(self._votes)} votes"
         return f"<Track {self.track_id} {state} seen {self.frames_seen}>"
 
+    def _retry_due(self, t):
+        return not self.granted and self.retry_seconds > 0 and t >= self._retry_at
+
+    def _identity_check_due(self, t):
+        return self.missed or t >= self._check_at
+
     def wants_descriptor(self, t):
         """True if the face should be described on the frame at ``t``."""
         if self._voting:
             return True
-        if self.granted or self.retry_seconds <= 0:
-            return False
-        return t >= self._retry_at
+        return self._retry_due(t) or self._identity_check_due(t)
 
-    def vote(self, result, t, frame=None):
+    def _same_face(self, descriptor):
+        if descriptor is None or self._last_descriptor is None:
+            return True
+        return float(np.linalg.norm(np.asarray(descriptor) - self._last_descriptor)) <= SAME_FACE_DISTANCE
+
+    def _remember(self, descriptor):
+        if descriptor is not None:
+            self._last_descriptor = np.array(descriptor, dtype=np.float32, copy=True)
+
+    def _restart(self, t):
+        """Another face has taken this track's box: follow it as a new, undecided track."""
+        old = self.track_id
+        if self._new_id is not None:
+            self.track_id = self._new_id()
+        logger.info("track %s now shows another face; following it as track %s", old, self.track_id)
+        self.first_t = t
+        self.frames_described = 0
+        self.decision = None
+        self._voting = True
+        self._votes.clear()
+        self._attempt_frames = 0
+        self._frames_without_match = 0
+        self._retries = 0
+        self._retry_at = float("inf")
+        self._best_area = -1
+        self._crop = None
+
+    def vote(self, result, t, frame=None, descriptor=None):
         """Add one frame's :class:`~edge.match.Match`; return a new Decision or None.
 
         ``frame`` (the RGB frame the match came from) is used only to keep a
-        crop of the largest view of the face.  Raises ValueError if the track
-        did not want a descriptor at ``t`` (a caller bug that would waste the
-        budget).
+        crop of the largest view of the face; ``descriptor`` (the face's
+        descriptor in that frame) tells whether the track still follows the
+        same face.  Raises ValueError if the track did not want a descriptor
+        at ``t`` (a caller bug that would waste the budget).
         """
         if not self._voting:
             if not self.wants_descriptor(t):
                 raise ValueError(f"track {self.track_id} is decided; it must not be described at t={t}")
+            self.missed = False
+            self._check_at = t + IDENTITY_CHECK_SECONDS
+            if not self._same_face(descriptor):
+                self._restart(t)
+            elif not self._retry_due(t):
+                self._remember(descriptor)  # the same face, still decided: nothing to vote on
+                return None
             self._voting = True
             self._votes.clear()
             self._attempt_frames = 0
             self._frames_without_match = 0
+        if not self._same_face(descriptor):
+            # Another face in this track's box: its votes must not add to the last face's.
+            logger.debug("track %s: another face mid-vote; votes cleared", self.track_id)
+            self._votes.clear()
+            self._attempt_frames = 0
+            self._frames_without_match = 0
+        self._remember(descriptor)
+        self.missed = False
         self.frames_described += 1
         self._attempt_frames += 1
         self._votes.append(result)
@@ -203,6 +272,7 @@ class Track:
     def _settle(self, verdict, person, distance, t, nearest=None):
         self._voting = False
         self._votes.clear()
+        self._check_at = t + IDENTITY_CHECK_SECONDS
         if verdict != GRANTED:
             self._retry_at = t + self.retry_seconds * (2 ** self._retries)
             self._retries += 1
@@ -291,12 +361,16 @@ class Tracker:
                 continue
             assigned[bi] = self.tracks[ti]
             taken.add(ti)
+        for ti, track in enumerate(self.tracks):
+            if ti not in taken:
+                # Whoever continues it next may be someone else: a decided track checks.
+                track.missed = True
         for bi, box in enumerate(boxes):
             track = assigned[bi]
             if track is None:
-                track = Track(self._next_id, box, t, votes_needed=self.votes_needed,
-                              window_frames=self.window_frames, retry_seconds=self.retry_seconds)
-                self._next_id += 1
+                track = Track(self._take_id(), box, t, votes_needed=self.votes_needed,
+                              window_frames=self.window_frames, retry_seconds=self.retry_seconds,
+                              new_id=self._take_id)
                 self.tracks.append(track)
                 assigned[bi] = track
             else:
@@ -304,6 +378,11 @@ class Tracker:
                 track.last_t = t
                 track.frames_seen += 1
         return assigned
+
+    def _take_id(self):
+        track_id = self._next_id
+        self._next_id += 1
+        return track_id
 
     @property
     def open_tracks(self):

@@ -165,3 +165,12 @@ def test_a_cohort_file_of_the_wrong_shape_is_refused_by_name(tmp_path):
 def test_a_missing_cohort_file_is_refused_by_name(tmp_path):
     with pytest.raises(StorageError, match="nothere.npy"):
         load_cohort(str(tmp_path / "nothere.npy"))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_descriptor_with_non_finite_values_is_never_a_match(faces, both_enrolled, bad):
+    probe = np.array(faces["eileen"]["original"], dtype=np.float32)
+    probe[7] = bad
+    for margin in (0.0, 0.08):
+        result = match([probe], both_enrolled, threshold=0.6, margin=margin)[0]
+        assert result.status != MATCH and result.person is None

@@ -163,7 +163,8 @@ def test_unknown_track_gets_a_fresh_vote_after_retry_seconds(faces, both, eileen
     decision = track.vote(g[1], 11.2)
     assert (decision.decision, decision.person) == ("granted", "grace_hopper")
     assert decision.decide_ms == pytest.approx(1200.0)
-    assert not track.wants_descriptor(100.0)
+    assert not track.wants_descriptor(13.0)
+    assert track.wants_descriptor(13.3)  # only the periodic identity check
 
 
 def test_retry_backs_off_and_repeats_no_unknown(faces, eileen_only):
@@ -178,8 +179,12 @@ def test_retry_backs_off_and_repeats_no_unknown(faces, eileen_only):
 def test_retry_zero_makes_unknown_final(faces, eileen_only):
     track = _track(k=1, n=1, retry=0.0)
     stranger = _results(faces["grace"], eileen_only)
-    assert track.vote(stranger[0], 10.0).decision == "unknown"
-    assert not track.wants_descriptor(1000.0)
+    assert track.vote(stranger[0], 10.0, descriptor=faces["grace"][0]).decision == "unknown"
+    assert not track.wants_descriptor(11.0)
+    # The identity check finds the same face: no new vote, no new decision.
+    assert track.wants_descriptor(1000.0)
+    assert track.vote(stranger[1], 1000.0, descriptor=faces["grace"][1]) is None
+    assert track.decision.decision == "unknown" and not track.wants_descriptor(1001.0)
 
 
 def test_overlapping_box_continues_the_same_track():
@@ -230,3 +235,66 @@ def test_track_is_dropped_after_the_timeout():
 def test_k_larger_than_n_is_refused():
     with pytest.raises(ValueError):
         Tracker(votes_needed=6, window_frames=5)
+
+
+# -- one track, one face -------------------------------------------------------------------
+
+
+def test_votes_of_two_faces_in_one_track_never_add_up(faces, both):
+    # Eileen's face gave two votes; then a stranger's face takes the box and
+    # one of its frames happens to match Eileen: that must not grant.
+    track = _track(k=3, n=5)
+    eileen = _results(faces["eileen"], both)
+    assert track.vote(eileen[0], 10.0, descriptor=faces["eileen"][0]) is None
+    assert track.vote(eileen[1], 10.1, descriptor=faces["eileen"][1]) is None
+    assert track.vote(eileen[2], 10.2, descriptor=faces["grace"][0]) is None
+    # From now on only the new face's own frames count.
+    assert track.vote(eileen[0], 10.3, descriptor=faces["grace"][1]) is None
+    assert track.vote(eileen[1], 10.4, descriptor=faces["grace"][2]).frames_used == 5
+
+
+def tracked_grant(faces, both):
+    tracker = Tracker(iou=0.3, timeout_seconds=2.0, votes_needed=2, window_frames=3)
+    box = Box(100, 100, 200, 200)
+    eileen = _results(faces["eileen"], both)
+    for i in range(2):
+        track = tracker.update([box], 10.0 + i * 0.1)[0]
+        decision = track.vote(eileen[i], 10.0 + i * 0.1, descriptor=faces["eileen"][i])
+    assert decision.granted
+    return tracker, track, box
+
+
+def test_a_stranger_in_the_granted_persons_spot_gets_a_track_and_decision_of_their_own(faces, both, eileen_only):
+    tracker, granted, box = tracked_grant(faces, both)
+    assert not granted.wants_descriptor(10.2)
+    tracker.update([], 10.3)  # the granted face is lost for a frame ...
+    again = tracker.update([box], 10.4)[0]  # ... and a box appears in the same spot
+    assert again is granted and again.wants_descriptor(10.4)
+    stranger = _results(faces["grace"], eileen_only)
+    assert again.vote(stranger[0], 10.4, descriptor=faces["grace"][0]) is None
+    assert again.track_id != 1 and again.decision is None
+    decision = None
+    for i, t in ((1, 10.5), (2, 10.6)):
+        decision = again.vote(stranger[i], t, descriptor=faces["grace"][i])
+    assert decision.decision == "unknown" and decision.track_id == again.track_id
+    assert decision.decide_ms == pytest.approx(200.0)
+
+
+def test_the_same_face_picked_up_again_keeps_its_grant(faces, both):
+    tracker, granted, box = tracked_grant(faces, both)
+    tracker.update([], 10.3)
+    again = tracker.update([box], 10.4)[0]
+    assert again.vote(_results(faces["eileen"], both)[2], 10.4, descriptor=faces["eileen"][2]) is None
+    assert again.granted and again.track_id == 1 and not again.wants_descriptor(10.5)
+
+
+def test_a_granted_face_that_stays_in_view_is_checked_every_few_seconds(faces, both, eileen_only):
+    tracker, granted, box = tracked_grant(faces, both)
+    t = 10.2
+    while not granted.wants_descriptor(t):
+        assert tracker.update([box], t)[0] is granted
+        t = round(t + 0.1, 1)
+    assert t == pytest.approx(10.1 + 2.0, abs=0.11)
+    # Someone else has taken the box without a missed frame: found at the check.
+    granted.vote(_results(faces["grace"], eileen_only)[0], t, descriptor=faces["grace"][0])
+    assert granted.decision is None and granted.track_id != 1
