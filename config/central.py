@@ -1,6 +1,7 @@
 """central.yaml: the central collector's configuration."""
 
 import datetime as dt
+import os
 from typing import Dict, Optional
 
 from pydantic import Field, field_validator
@@ -10,21 +11,48 @@ from config.alerts import AlertsSection
 from config.attendance import AttendanceSection
 from config.base import Section
 from config.mqtt import MqttSection
-from config.policy import SiteSection
+from config.policy import SiteSection, time_of_day
 
 CURRENT_VERSION = 1
 
 
+_DATABASE_FORMS = ("sqlite:////absolute/path/central.db (four slashes in all) or "
+                   "postgresql://user@host:port/database")
+
+
 class DatabaseSection(Section):
     url: str = Field("sqlite:////var/lib/bytelocker/central.db",
-                     description="sqlite:///PATH or postgresql://user@host:port/db (password from the environment).")
+                     description="sqlite:////ABSOLUTE/PATH or postgresql://user@host:port/db (password from the environment).")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value):
+        # The two kinds central/db.py opens and config/secrets.py knows the password of.
+        if value.startswith("sqlite:///"):
+            if not os.path.isabs(value[len("sqlite:///"):]):
+                # The service's working directory is not where staff think it is.
+                raise ValueError("must name an absolute path after sqlite:, which takes four slashes in "
+                                 "all, like sqlite:////var/lib/bytelocker/central.db")
+            return value
+        if value.startswith(("postgresql://", "postgres://")):
+            return value
+        raise ValueError(f"must be {_DATABASE_FORMS}")
 
 
 class StorageSection(Section):
-    snapshot_dir: str = Field("/var/lib/bytelocker/snapshots", description="Where face snapshots are saved.")
+    snapshot_dir: str = Field("/var/lib/bytelocker/snapshots", description="Where face snapshots are saved: an absolute path.")
     snapshot_retention_days: int = Field(30, ge=1, le=3650, description="Delete unidentified snapshots after this many days.")
     event_retention_days: int = Field(365, ge=1, le=36500, description="Delete events after this many days.")
     retention_interval_minutes: float = Field(60.0, ge=0.1, le=10080, description="Run the retention purge this often, minutes.")
+
+    @field_validator("snapshot_dir")
+    @classmethod
+    def _check_snapshot_dir(cls, value):
+        # Each service runs in its own working directory, so a relative folder would be a
+        # different folder for the collector, the dashboard and 'bytelocker forget'.
+        if not os.path.isabs(value):
+            raise ValueError("must be an absolute path, starting with '/', like /var/lib/bytelocker/snapshots")
+        return value
 
 
 class CollectorSection(Section):
@@ -58,8 +86,8 @@ class WebSection(Section):
     port: int = Field(8080, ge=1, le=65535, description="TCP port to listen on.")
     day_start: dt.time = Field(
         dt.time(9, 0),
-        description="A first entry after this time of day is listed as late on the dashboard; the site's local "
-        "time (site.timezone), like the attendance report.",
+        description="A first entry after this time of day (HH:MM) is listed as late on the dashboard; the site's "
+        "local time (site.timezone), like the attendance report.",
     )
     cookie_secure: bool = Field(False, description="Send the session cookie over HTTPS only; set true behind a TLS proxy.")
     behind_proxy: bool = Field(False, description="Trust one proxy's X-Forwarded-For/-Proto (nginx on this host), so login limits see the real client address.")
@@ -68,6 +96,18 @@ class WebSection(Section):
     login_window_minutes: float = Field(5.0, ge=0.1, le=1440, description="The window of login_failures_max, minutes.")
     refresh_seconds: float = Field(5.0, ge=1, le=3600, description="How often the Doors page refreshes itself, seconds.")
     threads: int = Field(4, ge=1, le=64, description="Worker threads of the web server.")
+
+    @field_validator("day_start", mode="before")
+    @classmethod
+    def _check_day_start(cls, value):
+        # Only HH:MM, like the policy times: 9 or 0900 are guesses, and a time with a
+        # zone ('09:00+02:00') cannot be compared with the Today page's local times.
+        if isinstance(value, dt.time) and value.tzinfo is None:
+            return value
+        try:
+            return time_of_day(value)
+        except ValueError:
+            raise ValueError("must be a time of day as HH:MM, like 09:00 (the site's local time)") from None
 
 
 class DoorEntry(Section):

@@ -2,7 +2,7 @@
 
 from typing import Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from bytelocker.contract import DOOR_ID_PATTERN
 from config.base import Problem, Section
@@ -25,6 +25,23 @@ class DoorSection(Section):
     name: str = Field("", max_length=200, description="Human name of the door.")
     data_dir: str = Field("/var/lib/bytelocker", description="Where the cache, the outbox and the status file live (the service's StateDirectory).")
     central_public_key: Optional[str] = Field(None, description="Central's Ed25519 public key (base64, from 'bytelocker keys init'), pinned at install; during a key rotation, the old and new keys separated by a comma.")
+
+    @field_validator("central_public_key")
+    @classmethod
+    def _check_central_public_key(cls, value):
+        # Checked here, where the line is known; the door would otherwise fail only when it syncs.
+        from bytelocker.errors import SigningKeyError
+        from bytelocker.signing import parse_public_keys
+
+        if value is None or not value.strip():
+            return None
+        try:
+            parse_public_keys(value)
+        except SigningKeyError:
+            raise ValueError("is not a base64 Ed25519 public key (32 bytes); copy the line 'bytelocker keys "
+                             "init' printed on central, or during a key rotation the old and new keys "
+                             "separated by a comma") from None
+        return value
 
 
 class DoorConfig(Section):

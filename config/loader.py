@@ -14,8 +14,12 @@ cross-field checks (``cross_check()``, e.g. one GPIO pin used twice); and,
 for ``check-config``, make sure the secrets the file needs are available.
 
 The YAML dialect is YAML 1.2-like on purpose: only ``true``/``false`` are
-booleans (so ``wiring: NO`` stays the text ``NO``) and ``08:30`` is text, not
-the number 510 that YAML 1.1 would make of it.
+booleans (so ``wiring: NO`` stays the text ``NO``), ``08:30`` is text, not
+the number 510 that YAML 1.1 would make of it, ``2026-12-25`` is text that a
+date setting reads (so ``2026-02-30`` is reported by the setting, not crashed
+on), and keys are always text (``1234:`` is the door id ``'1234'``).  Anchors
+and aliases (``&name``/``*name``) are refused: nothing needs them, and nine
+nested aliases expand to gigabytes.
 """
 
 import difflib
@@ -70,6 +74,41 @@ class LineLoader(yaml.SafeLoader):
         super().__init__(stream)
         self.duplicates = []
 
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if event.anchor is not None:
+            # Refused before anything is built: a few lines of aliases can expand to gigabytes.
+            raise UnsupportedYaml(
+                None, None,
+                "anchors and aliases (&name, *name) are not supported in ByteLocker config files; "
+                "write the value out in full, and put a value that starts with '&' or '*' in quotes",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            # PyYAML's own constructors fail with bare exceptions and no line ('!!int abc').
+            raise UnreadableValue(node) from None
+
+
+class UnsupportedYaml(yaml.MarkedYAMLError):
+    """Valid YAML that ByteLocker files do not use (anchors and aliases)."""
+
+
+class UnreadableValue(yaml.YAMLError):
+    """A value YAML cannot turn into its type, like ``!!int abc`` or ``0x_``.
+
+    ``keys`` is the key path to it, filled in by the enclosing mappings and
+    lists as the error passes through them.
+    """
+
+    def __init__(self, node):
+        super().__init__(f"cannot read {node.tag} value at line {node.start_mark.line + 1}")
+        self.node = node
+        self.keys = []
+
 
 def _construct_mapping(loader, node):
     data = LineDict()
@@ -78,27 +117,34 @@ def _construct_mapping(loader, node):
     loader.flatten_mapping(node)
     merged = len(node.value) - explicit
     for index, (key_node, value_node) in enumerate(node.value):
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            hash(key)
-        except TypeError:
+        if not isinstance(key_node, yaml.ScalarNode):
             raise yaml.constructor.ConstructorError(
-                None, None, "a key must be a plain name, not a list or a section", key_node.start_mark
-            ) from None
+                None, None, "a key must be a plain name, not a list or a section", key_node.start_mark)
+        # Keys are names: '1:' or 'null:' is the text '1' or 'null' (a door id made of
+        # digits stays text), so an unknown one is reported by name at its own line.
+        key = key_node.value
         line = key_node.start_mark.line + 1
         if key in data.key_lines and index >= merged and data.key_lines[key][1]:
             loader.duplicates.append((data, key, line, data.key_lines[key][0]))
         else:
             data.key_lines[key] = (line, index >= merged)
-        data[key] = loader.construct_object(value_node, deep=True)
+        try:
+            data[key] = loader.construct_object(value_node, deep=True)
+        except UnreadableValue as exc:
+            exc.keys.insert(0, key)
+            raise
     data.key_lines = {key: line for key, (line, _) in data.key_lines.items()}
 
 
 def _construct_sequence(loader, node):
     data = LineList()
     yield data
-    for item in node.value:
-        data.append(loader.construct_object(item, deep=True))
+    for position, item in enumerate(node.value):
+        try:
+            data.append(loader.construct_object(item, deep=True))
+        except UnreadableValue as exc:
+            exc.keys.insert(0, position)
+            raise
         data.item_lines.append(item.start_mark.line + 1)
 
 
@@ -107,9 +153,12 @@ LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 
 # YAML 1.1 reads yes/no/on/off as booleans and 08:30 as a base-60 number; both
 # surprise people ('wiring: NO' would become False).  Keep YAML 1.2's rules.
+# 2026-12-25 stays text too: a date setting reads it and can say what is wrong
+# with 2026-02-30, where PyYAML would crash on it, and a name may look like a date.
 LineLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers
-            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                           "tag:yaml.org,2002:timestamp")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 LineLoader.add_implicit_resolver(
@@ -273,6 +322,9 @@ def _range_phrase(field, fallback):
 def _expectation(error, field, owner):
     """Phrase one pydantic error as the part after "is VALUE, but"."""
     kind, ctx = error["type"], error.get("ctx") or {}
+    if kind.startswith("date_") and re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(error.get("input", ""))):
+        # Written right, but there is no such day: '2026-02-30'.
+        return "is not a date on the calendar (check the month and the day)"
     if kind in _SIMPLE:
         return _SIMPLE[kind]
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
@@ -431,6 +483,8 @@ def _yaml_problem(path, exc):
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = f"{path} line {mark.line + 1}" if mark is not None else path
     problem = str(getattr(exc, "problem", "") or exc)
+    if isinstance(exc, UnsupportedYaml):
+        return f"{where}: {problem}"
     if "\\t" in problem or "\t" in problem:
         text = "a tab is used for indenting; indent with spaces only"
     elif "mapping values are not allowed" in problem:
@@ -445,6 +499,46 @@ def _yaml_problem(path, exc):
     else:
         text = problem
     return f"{where}: this is not valid YAML: {text}"
+
+
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false",
+               "timestamp": "a date or time", "binary": "base64 data", "null": "empty"}
+
+
+def _unreadable_value_problem(path, exc):
+    """``door.yaml line 4: camera.width is 'abc', but it is marked !!int and ...``."""
+    node = exc.node
+    line = node.start_mark.line + 1
+    tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+    what = _TYPE_WORDS.get(tag[2:], f"a {tag} value") if tag.startswith("!!") else f"a {tag} value"
+    mark = node.start_mark
+    written = mark.buffer is not None and mark.buffer[mark.pointer:mark.pointer + 1] == "!"
+    if written:
+        expectation = (f"it is marked {tag} and that is not {what}; remove the '{tag}' "
+                       "(ByteLocker files need no '!!' marks) or fix the value")
+    else:
+        expectation = f"it cannot be read as {what}; fix the value, or put it in quotes if it is text"
+    value = _show(node.value) if isinstance(node, yaml.ScalarNode) else "a section or list"
+    subject = _dotted(exc.keys) if exc.keys else "the value"
+    return f"{path} line {line}: {subject} is {value}, but {expectation}"
+
+
+def _not_utf8_problem(path):
+    """Where the first byte that is not UTF-8 is, as a line and column."""
+    text = f"{path}: the file is not UTF-8 text; save it as UTF-8."
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        # Characters, not bytes: everything before the bad byte decodes.
+        column = len(data[data.rfind(b"\n", 0, exc.start) + 1:exc.start].decode("utf-8")) + 1
+        text = (f"{path} line {line}: the file is not UTF-8 text (the byte 0x{data[exc.start]:02x} at "
+                f"column {column} is not UTF-8); save it as UTF-8.")
+    except OSError:
+        pass
+    return text
 
 
 def _fill_empty_sections(raw, model):
@@ -526,13 +620,15 @@ def inspect_file(path, model, *, check_secrets=False):
     except FileNotFoundError:
         return LoadResult(path, None, [f"{path}: there is no such file."], [], None)
     except UnicodeDecodeError:
-        return LoadResult(path, None, [f"{path}: the file is not UTF-8 text; save it as UTF-8."], [], None)
+        return LoadResult(path, None, [_not_utf8_problem(path)], [], None)
     except OSError as exc:
         return LoadResult(path, None, [f"{path}: cannot read the file: {exc.strerror or exc}."], [], None)
 
     loader = LineLoader(text)
     try:
         raw = loader.get_single_data()
+    except UnreadableValue as exc:
+        return LoadResult(path, None, [_unreadable_value_problem(path, exc)], [], None)
     except yaml.YAMLError as exc:
         return LoadResult(path, None, [_yaml_problem(path, exc)], [], None)
     finally:

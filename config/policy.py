@@ -2,32 +2,56 @@
 
 import datetime as dt
 import re
-from typing import List, Literal
+from typing import Annotated, List, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from config.base import Section
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+FULL_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_DAY_HELP = "use mon, tue, wed, thu, fri, sat, sun (or the full names, like monday), or a range like mon-fri"
+
+
+def _day_number(name):
+    """0 for 'mon' or 'monday' (any capitalisation), else None; 'monkey' is not a day."""
+    name = name.strip().lower()
+    if name in DAY_NAMES:
+        return DAY_NAMES.index(name)
+    if name in FULL_DAY_NAMES:
+        return FULL_DAY_NAMES.index(name)
+    return None
 
 
 def _parse_days(value):
     """``["mon-fri", "sun"]`` -> ``[0, 1, 2, 3, 4, 6]``."""
     days = set()
     for item in value:
-        item = str(item).strip().lower()
+        item = str(item).strip()
         if "-" in item:
-            first, last = (part.strip()[:3] for part in item.split("-", 1))
-            if first not in DAY_NAMES or last not in DAY_NAMES:
-                raise ValueError(f"'{item}' is not a day range like mon-fri")
-            a, b = DAY_NAMES.index(first), DAY_NAMES.index(last)
+            a, b = (_day_number(part) for part in item.split("-", 1))
+            if a is None or b is None:
+                raise ValueError(f"is not a day range; {_DAY_HELP}")
             days.update(range(a, b + 1) if a <= b else list(range(a, 7)) + list(range(0, b + 1)))
-        elif item[:3] in DAY_NAMES:
-            days.add(DAY_NAMES.index(item[:3]))
+        elif _day_number(item) is not None:
+            days.add(_day_number(item))
         else:
-            raise ValueError(f"'{item}' is not a day name (mon, tue, wed, thu, fri, sat, sun)")
+            raise ValueError(f"is not a day name; {_DAY_HELP}")
     return sorted(days)
+
+
+def _check_day(value):
+    _parse_days([value])
+    return value
+
+
+def time_of_day(text):
+    """``"07:30"`` -> ``dt.time(7, 30)``; ValueError unless ``text`` is HH:MM from 00:00 to 23:59."""
+    match = _TIME.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a time of day as HH:MM")
+    return dt.time(int(match.group(1)), int(match.group(2)))
 
 
 class RuleSection(Section):
@@ -39,21 +63,32 @@ class RuleSection(Section):
     """
 
     groups: List[str] = Field(default_factory=list, description="Groups this rule admits; empty admits every enrolled person.")
-    days: List[str] = Field(default_factory=lambda: ["mon-sun"], description="Days the window starts on: mon..sun or ranges like mon-fri.")
-    from_: str = Field("00:00", alias="from", description="Window start, HH:MM local time.")
-    to: str = Field("24:00", description="Window end, HH:MM local time (24:00 = end of day).")
+    days: List[Annotated[str, AfterValidator(_check_day)]] = Field(
+        default_factory=lambda: ["mon-sun"],
+        description="Days the window starts on: mon..sun (or monday..sunday) or ranges like mon-fri.")
+    from_: str = Field("00:00", alias="from", description="Window start, HH:MM local time, 00:00 to 23:59.")
+    to: str = Field("24:00", description="Window end, HH:MM local time (24:00 = end of day); not the same as from.")
 
-    @field_validator("from_", "to")
+    @field_validator("from_")
     @classmethod
-    def _check_time(cls, value):
-        if value != "24:00" and not _TIME.match(value):
+    def _check_from(cls, value):
+        if value == "24:00":
+            raise ValueError("must be a time of day from 00:00 to 23:59; 24:00 is allowed only in 'to' "
+                             "(a window from the start of the day begins at 00:00)")
+        if not _TIME.match(value):
             raise ValueError("must be a time of day as HH:MM, like 07:30")
         return value
 
-    @field_validator("days")
+    @field_validator("to")
     @classmethod
-    def _check_days(cls, value):
-        _parse_days(value)
+    def _check_to(cls, value, info: ValidationInfo):
+        if value != "24:00" and not _TIME.match(value):
+            raise ValueError("must be a time of day as HH:MM, like 07:30")
+        # An equal end would read as a 24-hour window that runs past midnight, which is
+        # never what the line says; the whole day has its own spelling.
+        if value == info.data.get("from_"):
+            raise ValueError('is the same as \'from\'; for the whole day write from: "00:00" and to: "24:00" '
+                             "(a 24-hour window from another time is two rules)")
         return value
 
     def day_numbers(self):

@@ -1,5 +1,6 @@
 """Config loading: the shipped examples, versions and migrations, secrets, the YAML dialect."""
 
+import datetime as dt
 import os
 import pathlib
 import typing
@@ -106,7 +107,7 @@ def test_no_path_gives_the_built_in_defaults():
 
 
 def test_load_returns_the_values_in_the_file(tmp_path):
-    path = write(tmp_path, "door.yaml", "version: 2\ndoor:\n  id: lab-2\nhardware:\n  lock:\n    unlock_seconds: 7\n")
+    path = write(tmp_path, "door.yaml", "version: 2\ndoor:\n  id: lab-2\nhardware:\n  lock:\n    unlock_seconds: 7\n  backend: simulated\n")
 
     config = load_door_config(str(path))
 
@@ -132,14 +133,14 @@ def test_a_section_with_every_line_commented_out_reads_as_defaults(tmp_path):
 
 
 def test_an_optional_section_left_empty_stays_off(tmp_path):
-    path = write(tmp_path, "door.yaml", "version: 2\nhardware:\n  green_led:\n")
+    path = write(tmp_path, "door.yaml", "version: 2\nhardware:\n  green_led:\n  backend: simulated\n")
 
     assert load_door_config(str(path)).hardware.green_led is None
 
 
 def test_no_and_yes_words_stay_text(tmp_path):
     # YAML 1.1 would turn NO into False, which is not a contact wiring.
-    path = write(tmp_path, "door.yaml", "version: 2\nhardware:\n  contact:\n    wiring: NO\n")
+    path = write(tmp_path, "door.yaml", "version: 2\nhardware:\n  contact:\n    wiring: NO\n  backend: simulated\n")
 
     assert load_door_config(str(path)).hardware.contact.wiring == "NO"
 
@@ -153,6 +154,56 @@ def test_times_of_day_stay_text(tmp_path):
     assert (rule.from_, rule.to) == ("07:30", "18:00")
 
 
+def test_dates_stay_text_until_a_date_setting_reads_them(tmp_path):
+    # YAML 1.1 would make 2026-13-01 a date (and crash on it); a name is text.
+    path = write(tmp_path, "door.yaml", "version: 2\ndoor:\n  name: 2026-13-01\n"
+                                        "policy:\n  holidays:\n    - date: 2026-12-25\n")
+
+    config = load_door_config(str(path))
+
+    assert config.door.name == "2026-13-01"
+    assert config.policy.holidays[0].date == dt.date(2026, 12, 25)
+
+
+def test_keys_made_of_digits_are_text(tmp_path):
+    path = write(tmp_path, "central.yaml", "version: 1\ndoors:\n  1234:\n    area: hall\n")
+
+    assert load_central_config(str(path)).area_of("1234") == "hall"
+
+
+def test_day_start_is_a_naive_time_of_day(tmp_path):
+    path = write(tmp_path, "central.yaml", "version: 1\nweb:\n  day_start: 08:30\n")
+
+    day_start = load_central_config(str(path)).web.day_start
+
+    assert day_start == dt.time(8, 30) and day_start.tzinfo is None
+
+
+def test_central_public_key_accepts_one_key_or_two_during_a_rotation(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bytelocker.signing import public_key_b64
+
+    old, new = (public_key_b64(Ed25519PrivateKey.generate()) for _ in range(2))
+    for value in (old, f"{old},{new}", f"{old}, {new}"):
+        path = write(tmp_path, "door.yaml", f"version: 2\ndoor:\n  central_public_key: \"{value}\"\n")
+        assert load_door_config(str(path)).door.central_public_key == value
+
+
+def test_database_url_accepts_the_forms_central_can_open(tmp_path):
+    for url in ("sqlite:////var/lib/bytelocker/central.db", "postgresql://central@db:5432/bytelocker",
+                "postgres://central@db/bytelocker"):
+        path = write(tmp_path, "central.yaml", f"version: 1\ndatabase:\n  url: {url}\n")
+        assert load_central_config(str(path)).database.url == url
+
+
+def test_full_day_names_and_abbreviations_are_days(tmp_path):
+    path = write(tmp_path, "door.yaml", "version: 2\npolicy:\n  rules:\n"
+                                        "    - days: [Monday, tue, wednesday-fri, SUN]\n")
+
+    assert load_door_config(str(path)).policy.rules[0].day_numbers() == [0, 1, 2, 3, 4, 6]
+
+
 def test_true_and_false_are_booleans(tmp_path):
     path = write(tmp_path, "door.yaml", "version: 2\nmqtt:\n  tls: true\n  enabled: False\n")
 
@@ -162,7 +213,7 @@ def test_true_and_false_are_booleans(tmp_path):
 
 
 def test_same_pin_in_two_roles_is_an_error_even_when_one_is_the_default(tmp_path):
-    path = write(tmp_path, "door.yaml", "version: 2\nhardware:\n  lock:\n    pin: 22\n")
+    path = write(tmp_path, "door.yaml", "version: 2\nhardware:\n  lock:\n    pin: 22\n  backend: simulated\n")
 
     with pytest.raises(ConfigError) as caught:
         load_door_config(str(path))

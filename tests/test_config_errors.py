@@ -20,7 +20,7 @@ CASES = [
      "version: 2\ndetection:\n  upsample: 1.5\n",
      ["line 3:", "detection.upsample is 1.5, but must be a whole number"]),
     ("unlock_time_above_its_range", "door",
-     "version: 2\nhardware:\n  lock:\n    unlock_seconds: 120\n",
+     "version: 2\nhardware:\n  lock:\n    unlock_seconds: 120\n  backend: simulated\n",
      ["line 4:", "hardware.lock.unlock_seconds is 120, but must be between 1 and 30 seconds"]),
     ("port_below_its_range", "door",
      "version: 2\nmqtt:\n  port: 0\n",
@@ -64,10 +64,10 @@ CASES = [
      "version: 1\ndatabase:\n  url: sqlite:////tmp/central.db\n",
      ["central.yaml:", "central's Ed25519 signing key is needed", "BYTELOCKER_SIGNING_KEY"]),
     ("one_gpio_pin_for_two_roles", "door",
-     "version: 2\nhardware:\n  lock:\n    pin: 17\n  exit_button:\n    pin: 17\n",
+     "version: 2\nhardware:\n  lock:\n    pin: 17\n  exit_button:\n    pin: 17\n  backend: simulated\n",
      ["line 6:", "hardware.exit_button.pin is 17, but hardware.lock.pin also uses GPIO 17"]),
     ("pin_number_out_of_range", "door",
-     "version: 2\nhardware:\n  contact:\n    pin: 300\n",
+     "version: 2\nhardware:\n  contact:\n    pin: 300\n  backend: simulated\n",
      ["line 4:", "hardware.contact.pin is 300, but must be between 0 and "]),
     ("unknown_time_zone", "door",
      "version: 2\nsite:\n  timezone: Mars/Olympus_Mons\n",
@@ -88,7 +88,7 @@ CASES = [
      "version: 2\npolicy:\n  holidays:\n    - date: 2026-12-25\n    - date: 2026-12-25\n",
      ["line 2:", "policy has a problem:", "2026-12-25"]),
     ("indicator_without_its_pin", "door",
-     "version: 2\nhardware:\n  green_led:\n    active_high: true\n",
+     "version: 2\nhardware:\n  green_led:\n    active_high: true\n  backend: simulated\n",
      ["line 3:", "hardware.green_led.pin is required"]),
     ("section_given_a_plain_value", "door",
      "version: 2\ncamera: 5\n",
@@ -139,6 +139,75 @@ CASES = [
     ("only_comments", "central",
      "# central.yaml\n# nothing here yet\n",
      ["central.yaml: the file is empty", "bytelocker config example central"]),
+    ("holiday_date_not_on_the_calendar", "door",
+     "version: 2\npolicy:\n  holidays:\n    - date: 2026-02-30\n",
+     ["line 4:", "policy.holidays[0].date is '2026-02-30', but is not a date on the calendar"]),
+    ("value_tagged_int_that_is_not_a_number", "door",
+     "version: 2\ncamera:\n  width: !!int abc\n",
+     ["door.yaml line 3:", "camera.width is 'abc', but it is marked !!int", "not a whole number"]),
+    ("value_tagged_float_that_is_not_a_number", "door",
+     "version: 2\nrecognition:\n  threshold: !!float abc\n",
+     ["line 3:", "recognition.threshold is 'abc', but it is marked !!float", "not a number"]),
+    ("value_tagged_timestamp_that_is_not_a_time", "door",
+     "version: 2\ndoor:\n  name: !!timestamp \"2026-01-01 99:00\"\n",
+     ["line 3:", "door.name is '2026-01-01 99:00', but it is marked !!timestamp"]),
+    ("number_yaml_cannot_read", "door",
+     "version: 2\nhardware:\n  lock:\n    pin: 0x_\n",
+     ["line 4:", "hardware.lock.pin is '0x_', but it cannot be read as a whole number"]),
+    ("anchor_and_alias", "door",
+     "version: 2\ndoor:\n  id: front\n  name: &n Front\nmqtt:\n  username: *n\n",
+     ["line 4:", "anchors and aliases (&name, *name) are not supported in ByteLocker config files"]),
+    ("merge_of_an_alias", "door",
+     "version: 2\ncamera: &c\n  width: 640\nhardware:\n  <<: *c\n",
+     ["line 2:", "anchors and aliases (&name, *name) are not supported"]),
+    ("key_that_is_a_number", "door",
+     "version: 2\ndoor:\n  id: x\n  1: 2\n",
+     ["door.yaml line 4:", "door.1 is not a known setting"]),
+    ("key_that_is_null", "door",
+     "version: 2\ndoor:\n  id: x\n  null: 2\n",
+     ["door.yaml line 4:", "door.null is not a known setting"]),
+    ("day_start_as_a_number", "central",
+     "version: 1\nweb:\n  day_start: 9\n",
+     ["central.yaml line 3:", "web.day_start is 9, but must be a time of day as HH:MM, like 09:00"]),
+    ("day_start_without_a_colon", "central",
+     "version: 1\nweb:\n  day_start: 0900\n",
+     ["line 3:", "web.day_start is '0900', but must be a time of day as HH:MM"]),
+    ("day_start_with_a_time_zone", "central",
+     "version: 1\nweb:\n  day_start: \"09:00+02:00\"\n",
+     ["line 3:", "web.day_start is '09:00+02:00', but must be a time of day as HH:MM"]),
+    ("central_public_key_placeholder", "door",
+     "version: 2\ndoor:\n  central_public_key: \"MCowBQYDK2VwAyEA...\"\n",
+     ["line 3:", "door.central_public_key is 'MCowBQYDK2VwAyEA...', but is not a base64 Ed25519 public key",
+      "bytelocker keys init"]),
+    ("database_url_that_is_a_bare_path", "central",
+     "version: 1\ndatabase:\n  url: /var/lib/bytelocker/central.db\n",
+     ["line 3:", "database.url is '/var/lib/bytelocker/central.db', but must be sqlite:////",
+      "postgresql://"]),
+    ("database_url_of_an_unsupported_kind", "central",
+     "version: 1\ndatabase:\n  url: mysql://central@db/bytelocker\n",
+     ["line 3:", "database.url is 'mysql://central@db/bytelocker', but must be sqlite:////"]),
+    ("database_url_with_a_relative_sqlite_path", "central",
+     "version: 1\ndatabase:\n  url: sqlite:///var/lib/bytelocker/central.db\n",
+     ["line 3:", "database.url is 'sqlite:///var/lib/bytelocker/central.db', but", "four slashes"]),
+    ("snapshot_dir_empty", "central",
+     "version: 1\nstorage:\n  snapshot_dir: \"\"\n",
+     ["line 3:", "storage.snapshot_dir is '', but must be an absolute path"]),
+    ("snapshot_dir_relative", "central",
+     "version: 1\nstorage:\n  snapshot_dir: snapshots\n",
+     ["line 3:", "storage.snapshot_dir is 'snapshots', but must be an absolute path"]),
+    ("schedule_starting_at_24_00", "door",
+     "version: 2\npolicy:\n  rules:\n    - from: \"24:00\"\n      to: \"06:00\"\n",
+     ["line 4:", "policy.rules[0].from is '24:00', but", "24:00 is allowed only in 'to'"]),
+    ("schedule_with_a_misspelled_day", "door",
+     "version: 2\npolicy:\n  rules:\n    - days:\n        - monday\n        - frii\n",
+     ["line 6:", "policy.rules[0].days[1] is 'frii', but is not a day name"]),
+    ("schedule_with_a_word_that_starts_like_a_day", "door",
+     "version: 2\npolicy:\n  rules:\n    - days: [monkey-fri]\n",
+     ["line 4:", "policy.rules[0].days[0] is 'monkey-fri', but"]),
+    ("schedule_ending_when_it_starts", "door",
+     "version: 2\npolicy:\n  rules:\n    - from: \"08:00\"\n      to: \"08:00\"\n",
+     ["line 5:", "policy.rules[0].to is '08:00', but is the same as 'from'",
+      "from: \"00:00\" and to: \"24:00\""]),
 ]
 
 
@@ -197,7 +266,7 @@ def test_every_problem_of_a_file_is_reported_in_line_order(tmp_path, capsys, mon
         "version: 2\n"
         "mqtt:\n  port: 0\n"
         "camera:\n  widht: 1\n"
-        "hardware:\n  lock:\n    unlock_seconds: 99\n",
+        "hardware:\n  lock:\n    unlock_seconds: 99\n  backend: simulated\n",
         encoding="utf-8")
 
     main(["check-config", "door.yaml"])
@@ -239,3 +308,27 @@ def test_file_that_is_not_utf8_is_reported(tmp_path, capsys, monkeypatch):
 
     assert code == 1
     assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_file_that_is_not_utf8_names_the_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "door.yaml").write_bytes(b"version: 2\ndoor:\n  id: x\n  name: Caf\xe9\n")
+
+    code = main(["check-config", "door.yaml"])
+
+    assert code == 1
+    assert "door.yaml line 4: the file is not UTF-8 text" in capsys.readouterr().err
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path, capsys, monkeypatch):
+    # Nine levels of nine aliases each would expand to 9**8 items (gigabytes).
+    monkeypatch.chdir(tmp_path)
+    lines = ["door:", "  id: x", 'a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for previous, name in zip("abcdefg", "bcdefgh"):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]")
+    (tmp_path / "door.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    code = main(["check-config", "door.yaml"])
+
+    assert code == 1
+    assert "door.yaml line 3: anchors and aliases" in capsys.readouterr().err
