@@ -122,8 +122,14 @@ class StrangerClusters:
             self._matrix = np.zeros((0, 128), np.float32)
 
     def assign(self, descriptor, *, event_id, door_id, seen_at=None, snapshot_path=None):
-        """Put one unidentified face into a cluster; return the :class:`StrangerCluster`."""
-        if self._matrix is None or self._loaded_after != _purges:
+        """Put one unidentified face into a cluster; return the :class:`StrangerCluster`.
+
+        Reloads the stored descriptors first when sightings were purged, in
+        this process or in another one (``bytelocker forget``): fewer rows
+        than held in memory means some were.
+        """
+        if (self._matrix is None or self._loaded_after != _purges
+                or Sighting.select().count() < len(self._matrix)):
             self._load()
         descriptor = np.asarray(descriptor, dtype=np.float32).reshape(128)
         seen_at = seen_at or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -156,7 +162,67 @@ class StrangerClusters:
             Sighting.delete().where(Sighting.cluster == cluster_id).execute()
             StrangerCluster.delete().where(StrangerCluster.id == cluster_id).execute()
         self._matrix = None
+        # Other matchers in this process (the alerter's) still hold these faces.
+        descriptors_purged()
         return paths
+
+
+def sightings_near(descriptors, threshold=DEFAULT_THRESHOLD, *, batch=5000):
+    """``[(event_id, snapshot_path)]`` of the sightings within ``threshold`` of any of ``descriptors``.
+
+    ``descriptors`` is an ``(n, 128)`` array (a person's enrolled faces);
+    ``threshold`` is a Euclidean distance, the clustering one (lower finds
+    fewer: 0.5 is the default).  Finds a person's unrecognised appearances,
+    so that erasing them also erases these.  Reads the table ``batch`` rows
+    at a time.
+    """
+    wanted = np.asarray(descriptors, dtype=np.float32).reshape(-1, 128)
+    found = []
+    if not len(wanted):
+        return found
+    last = None
+    while True:
+        query = Sighting.select(Sighting.event_id, Sighting.snapshot_path, Sighting.vector)
+        if last is not None:
+            query = query.where(Sighting.event_id > last)
+        rows = list(query.order_by(Sighting.event_id).limit(batch).tuples())
+        if not rows:
+            return found
+        last = rows[-1][0]
+        matrix = np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows])
+        # (rows, n) distances; n is a handful of enrolment photos.
+        nearest = np.linalg.norm(matrix[:, None, :] - wanted[None, :, :], axis=2).min(axis=1)
+        found.extend((r[0], r[1]) for r, d in zip(rows, nearest) if d <= threshold)
+
+
+def purge_sightings(condition):
+    """Delete the sightings (face descriptors) matching ``condition``; fix or empty their clusters.
+
+    Returns how many were deleted.  Snapshot files are the caller's: delete
+    them first.  Every :class:`StrangerClusters` reloads before its next match.
+    """
+    with database.atomic():
+        touched = {c for (c,) in Sighting.select(Sighting.cluster).where(condition).distinct().tuples()}
+        if not touched:
+            return 0
+        purged = Sighting.delete().where(condition).execute()
+        for cluster_id in touched:
+            left = list(Sighting.select(Sighting.seen_at, Sighting.door_id)
+                        .where(Sighting.cluster == cluster_id).tuples())
+            if not left:
+                # Emptied, not deleted: SQLite would give its number to the next new
+                # visitor, and alerts still name "unknown visitor #N".  The empty
+                # row goes with the events, after event_retention_days.
+                (StrangerCluster.update(sightings=0, doors_json="[]")
+                 .where(StrangerCluster.id == cluster_id).execute())
+                continue
+            # The label ("N sightings at M doors") must describe what is still kept.
+            (StrangerCluster.update(first_seen=min(t for t, _ in left), last_seen=max(t for t, _ in left),
+                                    sightings=len(left), doors_json=json.dumps(sorted({d for _, d in left})))
+             .where(StrangerCluster.id == cluster_id).execute())
+    # Matchers in this process still hold the purged descriptors in memory.
+    descriptors_purged()
+    return purged
 
 
 def clusters(min_sightings=1):

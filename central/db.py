@@ -6,6 +6,7 @@ PostgreSQL, the same code either way.
 """
 
 import os
+import re
 
 import peewee as pw
 from playhouse.db_url import connect
@@ -63,12 +64,42 @@ def write_transaction():
     return database.atomic()
 
 
+# Any number will do as long as nothing else on the server takes the same
+# advisory lock; these are the letters "BLFG".
+ERASURE_LOCK_KEY = 0x424C4647
+
+
+def erasure_lock(*, exclusive):
+    """Order erasing a person against storing events, inside the caller's transaction.
+
+    ``bytelocker forget`` takes it ``exclusive``; storing events takes it
+    shared (stores do not wait for each other).  Without it, on PostgreSQL
+    an event naming the person could be stored by a transaction that
+    started before the erasure committed and be missed by both.  On SQLite
+    :func:`write_transaction` already runs writers one at a time, so this
+    does nothing there.  The lock ends with the transaction.
+    """
+    if isinstance(database.obj, pw.PostgresqlDatabase):
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        database.execute_sql(f"SELECT {function}(%s)", (ERASURE_LOCK_KEY,))
+
+
+# A password given as a query parameter (libpq reads ?password=...).
+_QUERY_PASSWORD = re.compile(r"([?&][^=&#]*(?:password|passwd|pwd)=)[^&#]*", re.IGNORECASE)
+
+
 def redact(url):
-    """``url`` with any password replaced by ``***`` (for logs and errors)."""
+    """``url`` with any password replaced by ``***`` (for logs and errors).
+
+    Both places a database URL can carry one are masked: ``user:pw@host``
+    and a ``password=`` query parameter.
+    """
     if "://" in url and "@" in url.split("://", 1)[1]:
         scheme, rest = url.split("://", 1)
+        # The last "@": a password may hold one.  An "@" in the query can make
+        # this mask more than the password, never less.
         creds, host = rest.rsplit("@", 1)
         if ":" in creds:
             creds = creds.split(":", 1)[0] + ":***"
-        return f"{scheme}://{creds}@{host}"
-    return url
+        url = f"{scheme}://{creds}@{host}"
+    return _QUERY_PASSWORD.sub(r"\1***", url)

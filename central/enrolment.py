@@ -20,15 +20,20 @@ An accepted photo still gets a *warning* when its descriptor is nearer than
 person under two ids), or far (> 0.6) from the person's other photos.
 """
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
 
 import cv2
 import numpy as np
+import peewee as pw
 
-from bytelocker.errors import EnrolmentError, ImageError
-from central import registry
+from bytelocker.errors import EnrolmentError, ImageError, StorageError
+from central import clusters, registry, store
+from central.db import database, erasure_lock
+from central.store import Snapshot, StoredEvent
 from edge.detect import Box, FaceDetector
 from edge.images import IMAGE_SUFFIXES, as_rgb, list_images, load_rgb
 from edge.match import Gallery
@@ -231,40 +236,123 @@ def enrol_photos(person_id, sources, checker, *, name=None, groups=None, doors=N
     return result
 
 
-def forget_everywhere(person_id, snapshot_dir=None):
-    """Privacy erasure: identity and descriptors out of the registry (a signed removal
-    reaches every door), the person's events anonymised and their snapshots deleted.
+class Erasure(NamedTuple):
+    """What :func:`forget_everywhere` erased."""
 
-    Returns ``(version, events_anonymised, snapshots_deleted)``.
+    version: Optional[int]
+    """The removal change that erases the person on the doors; None if they were no longer enrolled."""
+    events: int
+    """Event rows that named the person and no longer do."""
+    snapshots: int
+    """Snapshot files deleted."""
+    sightings: int
+    """Stranger sightings (face descriptors) deleted: the person's unrecognised appearances."""
+
+
+def forget_everywhere(person_id, snapshot_dir=None, *, threshold=None):
+    """Privacy erasure of ``person_id`` at central; returns an :class:`Erasure`.
+
+    In one transaction:
+
+    - the stranger sightings within ``threshold`` of any of the person's
+      enrolled descriptors (default :data:`central.clusters.DEFAULT_THRESHOLD`;
+      give ``alerts.stranger_threshold``) are deleted, with their crops: these
+      are the person's unidentified appearances;
+    - the crops of the events that name them (``person_id``, or an ambiguous
+      face's ``nearest``) are deleted, files first;
+    - identity and descriptors leave the registry, and a signed removal reaches
+      every door;
+    - every event names them no more, and their id is kept (hashed) so that
+      events arriving later from an offline door are stored anonymised too.
+
+    Forgetting an id that is no longer enrolled (forgotten already) still
+    scrubs events and snapshots; its sightings cannot be found any more.
+    Snapshot paths are stored already joined with ``storage.snapshot_dir``, so
+    ``snapshot_dir`` is not needed (kept for callers).  Raises
+    :class:`StorageError` when a file cannot be deleted (a missing one is
+    fine); nothing is erased from the database then.
     """
-    paths = []
+    threshold = clusters.DEFAULT_THRESHOLD if threshold is None else threshold
+    # The command line may have opened the database before these tables' modules were imported.
+    database.create_tables([clusters.StrangerCluster, clusters.Sighting, registry.ForgottenPerson,
+                            store.EventNearest], safe=True)
+    if isinstance(database.obj, pw.SqliteDatabase):
+        # Overwrite deleted rows instead of leaving the faces in free pages.
+        database.execute_sql("PRAGMA secure_delete = ON")
     with registry.write_transaction():
-        version = registry.forget(person_id)
-        try:
-            from central.store import Snapshot, StoredEvent
-        except ImportError:  # central's event store not installed in this build
-            Snapshot = StoredEvent = None
-        if StoredEvent is not None:
-            rows = list(StoredEvent.select(StoredEvent.event_id, StoredEvent.snapshot_path)
-                        .where(StoredEvent.person_id == person_id).tuples())
-            event_ids = [r[0] for r in rows]
-            paths = [r[1] for r in rows if r[1]]
-            if event_ids:
-                for chunk in range(0, len(event_ids), 500):
-                    ids = event_ids[chunk:chunk + 500]
-                    paths += [p for (p,) in Snapshot.select(Snapshot.path).where(Snapshot.event_id.in_(ids)).tuples()]
-                    Snapshot.delete().where(Snapshot.event_id.in_(ids)).execute()
-                StoredEvent.update(snapshot_path=None).where(StoredEvent.person_id == person_id).execute()
+        erasure_lock(exclusive=True)
+        enrolled = registry.Person.get_or_none(registry.Person.person_id == person_id) is not None
+        near = clusters.sightings_near(registry.descriptors_of(person_id), threshold)
+        theirs, nearest, legacy = _events_naming(person_id)
+        event_ids = sorted({e for e, _ in near + theirs + nearest} | {e for e, _, _ in legacy})
+        paths = {p for _, p in near + theirs + nearest if p} | {p for _, p, _ in legacy if p}
+        for ids in _chunks(event_ids):
+            paths.update(p for (p,) in Snapshot.select(Snapshot.path).where(Snapshot.event_id.in_(ids)).tuples())
+        # Files before rows, as retention does: a failure leaves a row pointing
+        # to a missing file (the next forget finishes), never a face on disk
+        # that nothing points to.
+        deleted = _delete_snapshot_files(paths, person_id)
+        for ids in _chunks(event_ids):
+            Snapshot.delete().where(Snapshot.event_id.in_(ids)).execute()
+            StoredEvent.update(snapshot_path=None).where(StoredEvent.event_id.in_(ids)).execute()
+        sightings = 0
+        for ids in _chunks([e for e, _ in near]):
+            sightings += clusters.purge_sightings(clusters.Sighting.event_id.in_(ids))
+        store.EventNearest.delete().where(store.EventNearest.person_id == person_id).execute()
+        for event_id, _, details in legacy:
+            del details["nearest"]
+            (StoredEvent.update(details_json=json.dumps(details, separators=(",", ":"), default=str))
+             .where(StoredEvent.event_id == event_id).execute())
+        version = registry.forget(person_id) if enrolled else None
         changed = registry.anonymise_person_rows(person_id)
+        registry.mark_forgotten(person_id)
+    return Erasure(version, sum(changed.values()) + len(nearest) + len(legacy), deleted, sightings)
+
+
+def _chunks(items, size=500):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _events_naming(person_id):
+    """The events naming ``person_id``, as ``(theirs, nearest, legacy)``.
+
+    ``theirs`` and ``nearest`` are ``[(event_id, snapshot_path)]``: the events
+    of the person, and the ambiguous faces nearest to them
+    (:class:`central.store.EventNearest`).  ``legacy`` is
+    ``[(event_id, snapshot_path, details)]``: events stored before ``nearest``
+    left ``details``, which still name the person there.
+    """
+    theirs = list(StoredEvent.select(StoredEvent.event_id, StoredEvent.snapshot_path)
+                  .where(StoredEvent.person_id == person_id).tuples())
+    nearest = list(StoredEvent.select(StoredEvent.event_id, StoredEvent.snapshot_path)
+                   .join(store.EventNearest, on=(store.EventNearest.event == StoredEvent.event_id))
+                   .where(store.EventNearest.person_id == person_id).tuples())
+    legacy = []
+    # LIKE narrows the scan (its wildcards in an id only widen it); the JSON decides.
+    needle = '"nearest":' + json.dumps(person_id)
+    query = (StoredEvent.select(StoredEvent.event_id, StoredEvent.snapshot_path, StoredEvent.details_json)
+             .where(StoredEvent.details_json.contains(needle)).tuples())
+    for event_id, path, details_json in query:
+        try:
+            details = json.loads(details_json or "{}")
+        except ValueError:
+            continue
+        if isinstance(details, dict) and details.get("nearest") == person_id:
+            legacy.append((event_id, path, details))
+    return theirs, nearest, legacy
+
+
+def _delete_snapshot_files(paths, person_id):
     deleted = 0
-    for path in set(paths):
-        if snapshot_dir and not os.path.isabs(path):
-            path = os.path.join(snapshot_dir, path)
+    for path in sorted(paths):
         try:
             os.remove(path)
             deleted += 1
         except FileNotFoundError:
             pass
         except OSError as exc:
-            logger.error("could not delete the snapshot %s of a forgotten person: %s", path, exc.strerror)
-    return version, sum(changed.values()), deleted
+            raise StorageError(
+                f"Cannot delete the snapshot {path} while forgetting {person_id!r}: {exc.strerror or exc}. "
+                "Nothing was erased from the database; fix that and run forget again.") from exc
+    return deleted

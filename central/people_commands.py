@@ -91,6 +91,7 @@ def open_registry(config_path):
     from config import secrets
     from config.loader import load_central_config
 
+    import central.clusters  # noqa: F401  (stranger sightings, which forget erases too)
     import central.registry  # noqa: F401  (registers its tables before they are created)
     try:
         import central.store  # noqa: F401  (events, so forget can anonymise them)
@@ -164,9 +165,14 @@ def cmd_forget(args):
         if answer.strip() != args.person_id:
             print("Nothing erased.")
             return 1
-    version, events, snapshots = forget_everywhere(args.person_id, config.storage.snapshot_dir)
-    print(f"{args.person_id}: erased from the registry (doors erase them with change version {version}); "
-          f"{events} event(s) anonymised, {snapshots} snapshot(s) deleted.")
+    erased = forget_everywhere(args.person_id, config.storage.snapshot_dir,
+                               threshold=config.alerts.stranger_threshold)
+    if erased.version is None:
+        where = "was no longer enrolled (forgotten before?); central's records were scrubbed again"
+    else:
+        where = f"erased from the registry (doors erase them with change version {erased.version})"
+    print(f"{args.person_id}: {where}; {erased.events} event(s) anonymised, {erased.snapshots} snapshot(s) "
+          f"and {erased.sightings} stranger sighting(s) deleted.")
 
 
 def cmd_keys_init(args):

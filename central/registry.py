@@ -17,6 +17,7 @@ Times are naive UTC datetimes.
 """
 
 import datetime as dt
+import hashlib
 import json
 import logging
 
@@ -129,7 +130,48 @@ class RegistryCounter(BaseModel):
         table_name = "registry_counters"
 
 
+@register
+class ForgottenPerson(BaseModel):
+    """A person erased with ``bytelocker forget``, known only by :func:`forgotten_digest` of their id.
+
+    Doors that were offline still send events naming them; these rows let
+    :func:`central.store.store_events` anonymise such events as the erasure
+    did.  Enrolling the id again removes its row.
+    """
+
+    digest = pw.CharField(primary_key=True, max_length=64)
+    forgotten_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "forgotten_people"
+
+
 REGISTRY_MODELS = (Person, FaceDescriptor, Change, RegistryCounter)
+
+
+def forgotten_digest(person_id):
+    """The hex SHA-256 under which a forgotten person's id is kept.
+
+    A plain hash: it keeps the id out of sight in the table, but a guessable
+    id (a staff number) can be found by trying them all.
+    """
+    return hashlib.sha256(b"bytelocker forgotten person\0" + person_id.encode("utf-8")).hexdigest()
+
+
+def mark_forgotten(person_id):
+    """Remember that ``person_id`` was erased, so later events naming them are anonymised."""
+    ForgottenPerson.insert(digest=forgotten_digest(person_id)).on_conflict_ignore().execute()
+
+
+def forgotten_among(person_ids):
+    """The ids among ``person_ids`` that were forgotten (and not enrolled again), as a set."""
+    by_digest = {forgotten_digest(p): p for p in set(person_ids) if p}
+    digests = list(by_digest)
+    found = set()
+    for start in range(0, len(digests), 500):
+        found.update(by_digest[d] for (d,) in ForgottenPerson.select(ForgottenPerson.digest)
+                     .where(ForgottenPerson.digest.in_(digests[start:start + 500])).tuples())
+    return found
 
 
 def _counter(key):
@@ -241,6 +283,8 @@ def enrol(person_id, descriptors, *, name=None, sources=(), groups=None, doors=N
         person.revoked_at = None
         person.updated_at = now
         person.save(force_insert=is_new)
+        # The id is a person's again: their events must keep naming them.
+        ForgottenPerson.delete().where(ForgottenPerson.digest == forgotten_digest(person_id)).execute()
         if len(descriptors):
             FaceDescriptor.insert_many([
                 {"person": person_id, "vector": d.tobytes(), "source": str(src)[:512], "added_at": now}
@@ -288,6 +332,7 @@ def forget(person_id):
         Person.delete().where(Person.person_id == person_id).execute()
         # The removal below supersedes them for every door, so the log stays complete.
         Change.delete().where(Change.person_id == person_id).execute()
+        mark_forgotten(person_id)
         return _log(REMOVE, person_id, None, "forget")
 
 

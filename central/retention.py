@@ -10,7 +10,6 @@ have.  ``docs/central.md`` gives the privacy reasoning.
 """
 
 import datetime as dt
-import json
 import logging
 import os
 
@@ -51,7 +50,7 @@ def purge(storage, now=None):
                 if not ids:
                     break
                 events += StoredEvent.delete().where(StoredEvent.id.in_(ids)).execute()
-        sightings = _purge_sightings(Sighting.seen_at < snap_cutoff)
+        sightings = clusters.purge_sightings(Sighting.seen_at < snap_cutoff)
         with database.atomic():
             (StrangerCluster.delete()
              .where((StrangerCluster.sightings == 0) & (StrangerCluster.last_seen < event_cutoff)).execute())
@@ -64,32 +63,6 @@ def purge(storage, now=None):
                     "%d events and %d alerts older than %d days.", snapshots, sightings,
                     storage.snapshot_retention_days, events, alerts, storage.event_retention_days)
     return {"snapshots": snapshots, "sightings": sightings, "events": events, "alerts": alerts}
-
-
-def _purge_sightings(condition):
-    """Delete expired stranger sightings (face descriptors); fix or drop their clusters."""
-    with database.atomic():
-        touched = {c for (c,) in Sighting.select(Sighting.cluster).where(condition).distinct().tuples()}
-        if not touched:
-            return 0
-        purged = Sighting.delete().where(condition).execute()
-        for cluster_id in touched:
-            left = list(Sighting.select(Sighting.seen_at, Sighting.door_id)
-                        .where(Sighting.cluster == cluster_id).tuples())
-            if not left:
-                # Emptied, not deleted: SQLite would give its number to the next new
-                # visitor, and alerts still name "unknown visitor #N".  The empty
-                # row goes with the events, after event_retention_days.
-                (StrangerCluster.update(sightings=0, doors_json="[]")
-                 .where(StrangerCluster.id == cluster_id).execute())
-                continue
-            # The label ("N sightings at M doors") must describe what is still kept.
-            (StrangerCluster.update(first_seen=min(t for t, _ in left), last_seen=max(t for t, _ in left),
-                                    sightings=len(left), doors_json=json.dumps(sorted({d for _, d in left})))
-             .where(StrangerCluster.id == cluster_id).execute())
-    # Matchers in this process still hold the purged descriptors in memory.
-    clusters.descriptors_purged()
-    return purged
 
 
 def _purge_snapshots(condition):

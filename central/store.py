@@ -6,8 +6,12 @@ Times are naive UTC datetimes.
 
 Events are stored idempotently by ``event_id`` (a duplicate QoS 1 delivery
 is ignored), and the person of an event lives only in ``events.person_id``
-(never inside ``details``) so that erasing a person
+(never inside ``details``: an ambiguous face's ``nearest`` goes to
+:class:`EventNearest`) so that erasing a person
 (:func:`central.registry.anonymise_person_rows`) leaves no trace of them.
+Events that arrive after a person was forgotten (from a door that was
+offline) are stored anonymised and without their snapshot: see
+:class:`central.registry.ForgottenPerson`.
 """
 
 import datetime as dt
@@ -18,7 +22,8 @@ import os
 import peewee as pw
 
 from bytelocker.errors import StorageError
-from central.db import BaseModel, database, register, write_transaction
+from central.db import BaseModel, database, erasure_lock, register, write_transaction
+from central.registry import forgotten_among
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +100,26 @@ class Snapshot(BaseModel):
         table_name = "snapshots"
 
 
-MODELS = (Door, StoredEvent, Snapshot)
+@register
+class EventNearest(BaseModel):
+    """Whom an ambiguous face was nearest to: a ``denied`` event's ``details.nearest``.
+
+    Kept out of ``details_json``, where an erasure could not clear it; an
+    erasure deletes the row, and the event's snapshot with it.
+    """
+
+    event = pw.ForeignKeyField(StoredEvent, field=StoredEvent.event_id, primary_key=True,
+                               column_name="event_id", on_delete="CASCADE")
+    person_id = pw.CharField(max_length=128, null=True, index=True)
+
+    class Meta:
+        table_name = "event_nearest"
+
+
+MODELS = (Door, StoredEvent, Snapshot, EventNearest)
+
+# Keys of an event's details that name a person; each has its own column.
+PERSON_DETAILS = ("person_id", "nearest")
 
 
 def snapshot_path(snapshot_dir, door_id, event_id, ts):
@@ -129,19 +153,31 @@ def store_events(events, snapshot_dir, received_at=None):
         return 0
     try:
         with write_transaction():
+            # Waits for a forget in progress (PostgreSQL), so its events are not missed by both.
+            erasure_lock(exclusive=False)
+            named = [getattr(e.details, key, None) for e in unique.values() for key in PERSON_DETAILS]
+            forgotten = forgotten_among(n for n in named if isinstance(n, str))
             with_crops = [eid for eid, e in unique.items() if e.snapshot]
             known = set()
             for start in range(0, len(with_crops), 500):
                 chunk = with_crops[start:start + 500]
                 known.update(r for (r,) in StoredEvent.select(StoredEvent.event_id)
                              .where(StoredEvent.event_id.in_(chunk)).tuples())
-            rows, crops = [], []
+            rows, crops, nearest_rows = [], [], []
             for event_id, event in unique.items():
                 ts = naive_utc(event.ts)
                 details = event.details.model_dump(exclude_none=True)
                 person_id = details.pop("person_id", None)
+                nearest = details.pop("nearest", None)
+                erased = person_id in forgotten or (isinstance(nearest, str) and nearest in forgotten)
+                if erased:
+                    # Sent before the door heard of the erasure: store it as the erasure left
+                    # the others, without the person and without their face.
+                    person_id = None
+                elif isinstance(nearest, str) and 0 < len(nearest) <= 128:
+                    nearest_rows.append({"event": event_id, "person_id": nearest})
                 path = None
-                if event.snapshot and event_id not in known:
+                if event.snapshot and event_id not in known and not erased:
                     path = snapshot_path(snapshot_dir, event.door_id, event_id, ts)
                     jpeg = event.snapshot_jpeg
                     save_snapshot(path, jpeg)
@@ -154,6 +190,8 @@ def store_events(events, snapshot_dir, received_at=None):
                     "snapshot_path": path, "received_at": received_at,
                 })
             new = _insert_ignoring_duplicates(StoredEvent, rows)
+            if nearest_rows:
+                EventNearest.insert_many(nearest_rows).on_conflict_ignore().execute()
             if crops:
                 Snapshot.insert_many(crops).on_conflict_ignore().execute()
             _touch_doors(unique.values(), received_at)

@@ -20,7 +20,7 @@ look like one so the loader can tell staff where the value belongs instead.
 import os
 import re
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 
 class Secret(NamedTuple):
@@ -80,6 +80,11 @@ SECRET_KEY_NAME = re.compile(
     r"(^|_)(password|passwd|passphrase|secret|token|api_?key|private_?key|signing_?key)($|_)",
     re.IGNORECASE,
 )
+
+
+# Query parameters of a URL that carry a password (libpq's ``password`` and
+# ``sslpassword``); a ``token=`` is left to its own key's check.
+_QUERY_PASSWORD_KEY = re.compile(r"pass(word|wd)$", re.IGNORECASE)
 
 
 def credentials_dir():
@@ -175,13 +180,22 @@ def looks_like_secret_key(key):
 
 
 def url_has_password(value):
-    """True if ``value`` is a URL with a password in it (``postgresql://u:pw@host/db``)."""
+    """True if ``value`` is a URL with a password in it.
+
+    Either place counts: ``postgresql://u:pw@host/db``, or a query parameter
+    named like a secret (``postgresql://u@host/db?password=pw``, which libpq
+    reads as well).
+    """
     if not isinstance(value, str) or "://" not in value:
         return False
     try:
-        return bool(urlsplit(value).password)
+        parts = urlsplit(value)
+        if parts.password:
+            return True
+        query = parse_qsl(parts.query, keep_blank_values=False)
     except ValueError:
         return False
+    return any(value and _QUERY_PASSWORD_KEY.search(key) for key, value in query)
 
 
 def required_secrets(config) -> list:

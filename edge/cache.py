@@ -3,11 +3,16 @@
 The door keeps working with the network down because everything it needs to
 decide lives here.  Models are declared once against a deferred database that
 :func:`open_cache` binds at start-up, the peewee way.
+
+A person who leaves the cache (revoked, forgotten, or missing from a full
+snapshot) leaves with their descriptors and their anti-passback passages;
+:func:`when_removed` tells the in-memory holders (:class:`edge.policy.AccessPolicy`).
 """
 
 import json
 import logging
 import os
+import weakref
 
 import numpy as np
 import peewee as pw
@@ -63,7 +68,48 @@ class Meta(BaseModel):
     value = pw.TextField()
 
 
-MODELS = (Person, Descriptor, Meta)
+class Passage(BaseModel):
+    """A person's last known pass in the area (at this unit, or relayed from another), for anti-passback and direction.
+
+    Kept by :class:`edge.policy.AccessPolicy`; it lives here so that removing
+    a person removes their passes too.
+    """
+
+    person_id = pw.CharField(primary_key=True, max_length=128)
+    area = pw.CharField(max_length=64)
+    direction = pw.CharField(max_length=8)
+    at = pw.DateTimeField()
+
+
+MODELS = (Person, Descriptor, Meta, Passage)
+
+# Callbacks told which people left the cache; weak, so a listener goes with its object.
+_removal_listeners = []
+
+
+def when_removed(callback):
+    """Call ``callback(person_ids)`` after people left the cache (a removal or a full snapshot).
+
+    It runs on the thread that changed the cache, after the change committed.
+    A bound method is held weakly: it stops being called when its object goes.
+    """
+    ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)
+    _removal_listeners.append(ref)
+
+
+def _removed(person_ids):
+    person_ids = sorted(set(person_ids))
+    if not person_ids:
+        return
+    for ref in list(_removal_listeners):
+        callback = ref()
+        if callback is None:
+            _removal_listeners.remove(ref)
+            continue
+        try:
+            callback(person_ids)
+        except Exception:  # one listener's bug must not stop the cache update reaching the others
+            logger.exception("a cache removal listener failed")
 
 
 def open_cache(path):
@@ -112,10 +158,18 @@ def upsert_person(person_id, descriptors, *, name="", groups=(), valid_from=None
 
 
 def remove_person(person_id):
-    """Delete a person and their descriptors; returns True if they existed."""
+    """Delete a person, their descriptors and their passages; returns True if they existed."""
     with database.atomic():
-        Descriptor.delete().where(Descriptor.person == person_id).execute()
-        return Person.delete().where(Person.person_id == person_id).execute() > 0
+        existed = _remove(person_id)
+    _removed([person_id])
+    return existed
+
+
+def _remove(person_id):
+    Descriptor.delete().where(Descriptor.person == person_id).execute()
+    # A revoked or forgotten person's comings and goings are not kept either.
+    Passage.delete().where(Passage.person_id == person_id).execute()
+    return Person.delete().where(Person.person_id == person_id).execute() > 0
 
 
 def apply_changes(changes, version):
@@ -126,25 +180,39 @@ def apply_changes(changes, version):
     ``"remove"`` (only ``person_id``).  Either everything is applied, with the
     new version, or nothing is.
     """
+    removed = []
     with database.atomic(lock_type="IMMEDIATE"):
         for op, person in changes:
             if op == "upsert":
                 _upsert(person, version)
             elif op == "remove":
-                remove_person(person["person_id"])
+                _remove(person["person_id"])
+                removed.append(person["person_id"])
             else:
                 raise ValueError(f"unknown cache change {op!r}")
         set_cache_version(version)
+    _removed(removed)
 
 
 def replace_all(persons, version):
-    """Replace every cached person with ``persons`` and record ``version``, atomically."""
+    """Replace every cached person with ``persons`` and record ``version``, atomically.
+
+    The passages of people not in ``persons`` go too.
+    """
+    persons = list(persons)
+    keep = {p["person_id"] for p in persons}
     with database.atomic(lock_type="IMMEDIATE"):
+        gone = {p for (p,) in Person.select(Person.person_id).tuples()} - keep
+        gone |= {p for (p,) in Passage.select(Passage.person_id).tuples()} - keep
         Descriptor.delete().execute()
         Person.delete().execute()
+        ordered = sorted(gone)
+        for start in range(0, len(ordered), 500):
+            Passage.delete().where(Passage.person_id.in_(ordered[start:start + 500])).execute()
         for person in persons:
             _upsert(person, version)
         set_cache_version(version)
+    _removed(gone)
 
 
 def _upsert(person, version):

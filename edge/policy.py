@@ -21,6 +21,10 @@ later grants within the cooldown are ``suppressed`` (no event, no new pulse).
 Passes at the area's other door units arrive as signed passages relayed by
 central (:class:`edge.sync.DoorSync` checks them) and are taken in with
 :meth:`AccessPolicy.record_remote`; offline, each unit knows only its own.
+
+Passes are kept only as long as they matter: those from before the last
+anti-passback reset are dropped, and so are those of a person who leaves the
+door cache (revoked or forgotten; :func:`edge.cache.when_removed`).
 """
 
 import datetime as dt
@@ -30,8 +34,6 @@ import time
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-import peewee as pw
-
 from edge import cache
 
 logger = logging.getLogger(__name__)
@@ -40,13 +42,8 @@ ENTRY = "entry"
 EXIT = "exit"
 
 
-class Passage(cache.BaseModel):
-    """A person's last known pass in the area (at this unit, or relayed from another), for anti-passback and direction."""
-
-    person_id = pw.CharField(primary_key=True, max_length=128)
-    area = pw.CharField(max_length=64)
-    direction = pw.CharField(max_length=8)
-    at = pw.DateTimeField()
+# Declared with the cache, so that removing a person from it removes their passes.
+Passage = cache.Passage
 
 
 @dataclass(frozen=True)
@@ -170,10 +167,13 @@ class AccessPolicy:
         self._last_grant = {}
         self._passages = {}
         self._mutex = threading.Lock()
+        self._pruned_to = None
         if persist:
             cache.database.create_tables([Passage])
             for row in Passage.select().where(Passage.area == policy.area):
                 self._passages[row.person_id] = (row.direction, _utc(row.at))
+        # Held weakly by the cache: a policy that goes stops listening.
+        cache.when_removed(self.forget_people)
 
     @classmethod
     def from_config(cls, door_config):
@@ -194,6 +194,7 @@ class AccessPolicy:
         if not allowed:
             return Verdict(False, reason)
         with self._mutex:
+            self._prune(now)
             last = self._last_grant.get(person_id)
             if last is not None and (time.monotonic() - last) < self.policy.cooldown_seconds:
                 return Verdict(True, suppressed=True)
@@ -222,13 +223,34 @@ class AccessPolicy:
         if direction not in (ENTRY, EXIT):
             raise ValueError(f"a passage direction is entry or exit, not {direction!r}")
         at = _utc(at)
+        if self.person_lookup(person_id) is None:
+            # Not enrolled here (or removed, and the relay is late): this door
+            # would deny them anyway, and keeps nothing about them.
+            return False
         with self._mutex:
+            self._prune(self.clock())
             last = self._passages.get(person_id)
             if last is not None and at <= last[1]:
                 return False
             self._record(person_id, direction, at)
         logger.info("learnt a remote %s of person %s in area %s", direction, person_id, self.policy.area)
         return True
+
+    def forget_people(self, person_ids):
+        """Drop everything this policy knows about ``person_ids`` (revoked or forgotten people).
+
+        Their passes go from memory and from the door cache, and so do their
+        cooldowns.  :func:`edge.cache.when_removed` calls this when people
+        leave the cache.
+        """
+        person_ids = list(person_ids)
+        with self._mutex:
+            for person_id in person_ids:
+                self._passages.pop(person_id, None)
+                self._last_grant.pop(person_id, None)
+            if self.persist:
+                for start in range(0, len(person_ids), 500):
+                    Passage.delete().where(Passage.person_id.in_(person_ids[start:start + 500])).execute()
 
     def last_passage(self, person_id):
         """``(direction, at)`` of the person's latest known pass in this area, or None."""
@@ -251,6 +273,21 @@ class AccessPolicy:
         violation = (self.policy.anti_passback != "off" and direction == ENTRY
                      and last is not None and last[0] == ENTRY)
         return direction, violation
+
+    def _prune(self, now):
+        """Drop the passes from before the last anti-passback reset: they decide nothing any more.
+
+        Runs once per reset period, on the first check or relayed pass after
+        the reset (the caller holds the mutex).
+        """
+        reset = self.schedule.last_reset(now, self.policy.anti_passback_reset)
+        if self._pruned_to is not None and reset <= self._pruned_to:
+            return
+        self._pruned_to = reset
+        for person_id in [p for p, (_, at) in self._passages.items() if at < reset]:
+            del self._passages[person_id]
+        if self.persist:
+            Passage.delete().where(Passage.at < reset.replace(tzinfo=None)).execute()
 
     def _record(self, person_id, direction, now):
         self._passages[person_id] = (direction, now)

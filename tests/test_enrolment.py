@@ -145,8 +145,8 @@ def test_forget_anonymises_events_and_deletes_snapshots(checker, central_db, gra
     StoredEvent.create(event_id="e2", door_id="door-1", seq=2, ts=now, type="granted", person_id="other",
                        received_at=now)
     Snapshot.create(event_id="e1", door_id="door-1", ts=now, path=str(snap), size=4)
-    version, events, snapshots = forget_everywhere("grace", str(tmp_path / "snaps"))
-    assert (events, snapshots) == (1, 1)
+    version, events, snapshots, sightings = forget_everywhere("grace", str(tmp_path / "snaps"))
+    assert (events, snapshots, sightings) == (1, 1, 0)
     assert not snap.exists()
     assert StoredEvent.get(StoredEvent.event_id == "e1").person_id is None
     assert StoredEvent.get(StoredEvent.event_id == "e2").person_id == "other"

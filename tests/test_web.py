@@ -388,6 +388,16 @@ def test_events_filter_by_person_and_type(admin, site):
     assert body.count("<tr>") == 2 and "bob" not in body
 
 
+def test_events_page_shows_whom_an_ambiguous_face_was_nearest_to(admin, site):
+    ambiguous = contract.Event.build("front", 9, "denied", {"reason": "ambiguous", "nearest": "bob"})
+    store.store_events([ambiguous], "unused")
+    assert "bob" not in store.StoredEvent.get(store.StoredEvent.event_id == str(ambiguous.event_id)).details_json
+
+    body = admin.get("/events?type=denied").get_data(as_text=True).split("<tbody>", 1)[1]
+
+    assert "<span>nearest=bob</span>" in body
+
+
 def test_door_activity_counts_events_per_hour(site):
     from central.web import queries
 
@@ -435,6 +445,34 @@ def test_forgetting_a_cluster_removes_its_snapshot_files(admin, site, caplog):
     assert store.Snapshot.select().count() == 1
     assert any("ada erased unknown visitor" in r.getMessage() for r in caplog.records)
     assert "Erased unknown visitor" in admin.get("/unidentified").get_data(as_text=True)
+
+
+def test_promoting_a_stranger_deletes_their_crops_once_enrolled(config, app, describer, grace_hopper):
+    import cv2
+
+    from central.enrolment import PhotoChecker
+
+    app.extensions["bytelocker"]["checker"] = PhotoChecker(config.enrolment, describer)
+    client = app.test_client()
+    log_in(client, "ada")
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(grace_hopper, cv2.COLOR_RGB2BGR))
+    seen = event("front", 1, "unidentified", now(), jpeg=jpeg.tobytes())
+    store.store_events([seen], config.storage.snapshot_dir)
+    row = store.StoredEvent.get(store.StoredEvent.event_id == str(seen.event_id))
+    cluster = StrangerCluster.create(first_seen=row.ts, last_seen=row.ts, sightings=1, doors_json='["front"]')
+    Sighting.create(event_id=row.event_id, cluster=cluster, door_id="front", seen_at=row.ts,
+                    snapshot_path=row.snapshot_path, vector=np.zeros(128, np.float32).tobytes())
+    assert os.path.isfile(row.snapshot_path)
+
+    response = client.post(f"/unidentified/{cluster.id}/promote",
+                           data={"csrf_token": token(client, "/unidentified"), "person_id": "grace"})
+
+    assert response.status_code == 200
+    assert registry.descriptors_of("grace").shape == (1, 128)
+    # Her face now lives in the registry, which forget erases; no crop is left that names no one.
+    assert not os.path.exists(row.snapshot_path)
+    assert Sighting.select().count() == 0 and store.Snapshot.select().count() == 0
+    assert store.StoredEvent.get(store.StoredEvent.event_id == row.event_id).snapshot_path is None
 
 
 # ------------------------------------------------------------------ people

@@ -21,7 +21,7 @@ import peewee as pw
 from central import attendance
 from central.clusters import Sighting, StrangerCluster, StrangerClusters
 from central.db import database
-from central.store import Door, Snapshot, StoredEvent, utcnow
+from central.store import Door, EventNearest, Snapshot, StoredEvent, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,15 @@ def events_log(*, door=None, person=None, event_type=None, since=None, until=Non
     if until:
         query = query.where(StoredEvent.ts < until)
     rows = [event_dict(e) for e in query.limit(limit + 1).offset(offset)]
-    return rows[:limit], len(rows) > limit
+    rows, more = rows[:limit], len(rows) > limit
+    # Whom an ambiguous face was nearest to is kept outside details (erasure clears it there).
+    nearest = dict(EventNearest.select(EventNearest.event, EventNearest.person_id)
+                   .where(EventNearest.event.in_([r["event_id"] for r in rows])
+                          & EventNearest.person_id.is_null(False)).tuples()) if rows else {}
+    for row in rows:
+        if row["event_id"] in nearest:
+            row["details"]["nearest"] = nearest[row["event_id"]]
+    return rows, more
 
 
 def known_doors():

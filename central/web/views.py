@@ -20,9 +20,9 @@ from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.utils import secure_filename
 
 from bytelocker import contract
-from bytelocker.errors import EnrolmentError
+from bytelocker.errors import ByteLockerError, EnrolmentError
 from central import attendance, registry
-from central.clusters import StrangerCluster, StrangerClusters, clusters as list_clusters
+from central.clusters import StrangerCluster, clusters as list_clusters
 from central.door_health import CAMERA_OK, door_health
 from central.web import auth, queries
 
@@ -248,9 +248,9 @@ def promote(cluster_id):
     except EnrolmentError as exc:
         return render_template("enrolled.html", person_id=person_id, error=str(exc), result=None,
                                back=url_for("dash.unidentified")), 422
-    # The stranger is now a person: the cluster goes, the snapshots stay with
-    # their events until retention removes them.
-    StrangerClusters().forget_cluster(cluster_id)
+    # The stranger is now a person: the cluster, its descriptors and its crops go.
+    # A crop left on disk would name no one, so erasing the person could not find it.
+    queries.forget_stranger(cluster_id, _state()["snapshot_dir"])
     logger.warning("Dashboard user %s promoted %s to person %r: %d photo(s) enrolled, change version %s.",
                    current_user.username, label, person_id, result.added, result.version)
     return render_template("enrolled.html", person_id=person_id, result=result, error=None,
@@ -397,14 +397,18 @@ def forget():
         flash(f"Nothing erased: type the id {person_id} in the box to confirm.", "error")
         return redirect(url_for("dash.people"))
     try:
-        version, events, files = forget_everywhere(person_id, _state()["snapshot_dir"])
-    except EnrolmentError as exc:
+        erased = forget_everywhere(person_id, _state()["snapshot_dir"],
+                                   threshold=_config().alerts.stranger_threshold)
+    except ByteLockerError as exc:
         flash(str(exc), "error")
         return redirect(url_for("dash.people"))
-    logger.warning("Dashboard user %s erased person %r: change version %d, %d event(s) anonymised, "
-                   "%d snapshot(s) deleted.", current_user.username, person_id, version, events, files)
-    flash(f"Erased {person_id} everywhere (change version {version}): {events} event(s) anonymised, "
-          f"{files} snapshot(s) deleted.", "ok")
+    logger.warning("Dashboard user %s erased person %r: change version %s, %d event(s) anonymised, "
+                   "%d snapshot(s) and %d stranger sighting(s) deleted.", current_user.username, person_id,
+                   erased.version, erased.events, erased.snapshots, erased.sightings)
+    where = (f"everywhere (change version {erased.version})" if erased.version is not None
+             else "from central (the id was no longer enrolled)")
+    flash(f"Erased {person_id} {where}: {erased.events} event(s) anonymised, {erased.snapshots} snapshot(s) "
+          f"and {erased.sightings} stranger sighting(s) deleted.", "ok")
     return redirect(url_for("dash.people"))
 
 
