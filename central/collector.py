@@ -171,7 +171,7 @@ class Collector:
             self._reject(door_id, None)
             client.ack(message.mid, message.qos)
             return
-        entry = (leaf, item, message.mid, message.qos, self._generation)
+        entry = (leaf, item, message.mid, message.qos, self._generation, bool(message.retain))
         # Back-pressure: while the writer is behind, stop reading from the
         # broker (which holds the rest) instead of growing without bound.
         while not self.stop_event.is_set():
@@ -221,11 +221,13 @@ class Collector:
         while True:
             try:
                 new = store.store_events(events, self.config.storage.snapshot_dir) if events else 0
-                for leaf, item, *_ in batch:
+                for leaf, item, _, _, _, retained in batch:
+                    # A retained message is the broker repeating an old one on
+                    # subscribe (every central restart): not a sign of life.
                     if leaf == "status":
-                        store.store_status(item)
+                        store.store_status(item, retained=retained)
                     elif leaf == "available":
-                        store.store_available(item)
+                        store.store_available(item, retained=retained)
                 break
             except StorageError as exc:
                 # Not acknowledged, so the broker still holds the batch if we stop.
@@ -235,7 +237,7 @@ class Collector:
         self.stats["stored"] += new
         self.stats["duplicates"] += len(events) - new
         self._send_receipts(events)
-        for _, _, mid, qos, generation in batch:
+        for _, _, mid, qos, generation, _ in batch:
             # A mid belongs to one connection; acking it on a later one would
             # acknowledge a different message.
             if generation == self._generation:

@@ -246,15 +246,20 @@ def _touch_doors(events, received_at):
          .execute())
 
 
-def store_status(status, received_at=None):
-    """Keep a door's latest :class:`~bytelocker.contract.Status` (an older one is ignored)."""
+def store_status(status, received_at=None, *, retained=False):
+    """Keep a door's latest :class:`~bytelocker.contract.Status` (an older one is ignored).
+
+    ``retained``: the broker repeated an old message on subscribe, so it
+    says nothing about the door being alive now (``last_seen`` is kept).
+    """
     received_at = received_at or utcnow()
     ts = naive_utc(status.ts)
     data = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     try:
         with database.atomic():
             Door.insert(door_id=status.door_id).on_conflict_ignore().execute()
-            Door.update(last_seen=received_at).where(Door.door_id == status.door_id).execute()
+            if not retained:
+                Door.update(last_seen=received_at).where(Door.door_id == status.door_id).execute()
             (Door.update(status_json=json.dumps(data, separators=(",", ":")), status_at=ts,
                          outbox_depth=status.outbox_depth)
              .where((Door.door_id == status.door_id) & (Door.status_at.is_null() | (Door.status_at <= ts)))
@@ -263,14 +268,29 @@ def store_status(status, received_at=None):
         raise StorageError(f"Central could not store the status of door {status.door_id}: {exc}.") from exc
 
 
-def store_available(available, received_at=None):
-    """Keep a door's availability (``online``/``offline``/``stopped``)."""
+def store_available(available, received_at=None, *, retained=False):
+    """Keep a door's availability (``online``/``offline``/``stopped``) and since when.
+
+    "Since" changes only when the state does: the broker repeats a door's
+    retained last will (offline, no time of its own) to central after every
+    restart, which must not restart the outage (or raise its alert again).
+    It is the door's time when the door sent one, but never later than
+    central received it; central's when the door sent none, or a time not
+    after the state before it (a clock still wrong after a power cut).
+    ``retained`` messages do not count as a sign of life (``last_seen``).
+    """
     received_at = received_at or utcnow()
-    at = naive_utc(available.ts) if available.ts else received_at
+    at = min(naive_utc(available.ts), received_at) if available.ts else received_at
     try:
         with database.atomic():
             Door.insert(door_id=available.door_id).on_conflict_ignore().execute()
-            (Door.update(availability=available.state, availability_at=at, last_seen=received_at)
-             .where(Door.door_id == available.door_id).execute())
+            door = Door.get(Door.door_id == available.door_id)
+            if door.availability != available.state:
+                if door.availability_at is not None and at <= door.availability_at:
+                    at = received_at  # the door's clock is behind: central's is the better guess
+                Door.update(availability=available.state, availability_at=at).where(
+                    Door.door_id == available.door_id).execute()
+            if not retained:
+                Door.update(last_seen=received_at).where(Door.door_id == available.door_id).execute()
     except pw.PeeweeException as exc:
         raise StorageError(f"Central could not store the availability of door {available.door_id}: {exc}.") from exc

@@ -283,3 +283,48 @@ def test_alerts_are_raised_once_on_postgresql(tmp_path, postgres_url):
     assert alerter.door_forced(forced) is not None
     assert alerter.door_forced(forced) is None
     assert Alert.select().count() == 2
+
+
+def test_the_brokers_repeated_last_will_neither_restarts_an_outage_nor_alerts_twice(alerter):
+    from central.door_health import door_health
+
+    t0 = contract.utc_now().replace(tzinfo=None) - dt.timedelta(hours=5)
+    store_available(contract.Available(door_id="lab", state="online", ts=t0 - dt.timedelta(hours=1)),
+                    received_at=t0 - dt.timedelta(hours=1))
+    # The door dies at t0; its will (no time of its own) is retained by the broker ...
+    store_available(contract.Available(door_id="lab", state="offline"), received_at=t0)
+    assert len(alerter.check_doors(now=t0 + dt.timedelta(minutes=30))) == 1
+    # ... and handed to central again when it restarts four hours later.
+    store_available(contract.Available(door_id="lab", state="offline"), received_at=t0 + dt.timedelta(hours=4),
+                    retained=True)
+    [row] = door_health(now=t0 + dt.timedelta(hours=4, minutes=1))
+    assert row["since"] == t0 and row["for"] == dt.timedelta(hours=4, minutes=1)
+    assert alerter.check_doors(now=t0 + dt.timedelta(hours=4, minutes=30)) == []
+    assert Alert.select().where(Alert.type == "door_offline").count() == 1
+
+
+def test_a_door_back_with_a_wrong_clock_still_clears_its_offline_alert(alerter):
+    t0 = contract.utc_now().replace(tzinfo=None) - dt.timedelta(hours=2)
+    store_available(contract.Available(door_id="lab", state="offline"), received_at=t0)
+    assert len(alerter.check_doors(now=t0 + dt.timedelta(minutes=30))) == 1
+    # Back at t0 + 90 min, its clock not yet set: it says 07:58 of the day before.
+    store_available(contract.Available(door_id="lab", state="online", ts=t0 - dt.timedelta(days=1)),
+                    received_at=t0 + dt.timedelta(minutes=90))
+    [cleared] = alerter.check_doors(now=t0 + dt.timedelta(minutes=91))
+    assert cleared.type == "door_offline_cleared"
+
+
+def test_retained_messages_are_no_sign_of_life(alerter):
+    from central.door_health import door_health
+    from central.store import store_status
+
+    t0 = contract.utc_now().replace(tzinfo=None) - dt.timedelta(hours=1)
+    store_available(contract.Available(door_id="lab", state="online", ts=t0), received_at=t0)
+    status = contract.Status.model_validate({"schema": 1, "door_id": "lab", "ts": t0, "camera": "ok"})
+    store_status(status, received_at=t0)
+    # The door hangs; central restarts 10 minutes later and gets both retained messages again.
+    later = t0 + dt.timedelta(minutes=10)
+    store_status(status, received_at=later, retained=True)
+    store_available(contract.Available(door_id="lab", state="online", ts=t0), received_at=later, retained=True)
+    [row] = door_health(now=later + dt.timedelta(minutes=1))
+    assert row["state"] == "silent" and row["last_seen"] == t0
