@@ -140,11 +140,15 @@ class Schedule:
         """The latest daily reset instant at or before ``instant``."""
         local = instant.astimezone(self.zone)
         hour, minute = int(reset_hhmm[:2]), int(reset_hhmm[3:])
-        candidate = dt.datetime.combine(local.date(), dt.time(hour, minute), tzinfo=self.zone)
-        if candidate > local:
-            candidate = dt.datetime.combine(local.date() - dt.timedelta(days=1), dt.time(hour, minute),
-                                            tzinfo=self.zone)
-        return candidate.astimezone(dt.timezone.utc)
+        for days_back in (0, 1):
+            day = local.date() - dt.timedelta(days=days_back)
+            # Compared as UTC instants: two times in one ZoneInfo compare by wall
+            # clock, and a reset inside the spring-forward gap (02:30) is 03:30
+            # summer time, later than 03:10 on that clock.
+            candidate = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=self.zone).astimezone(dt.timezone.utc)
+            if candidate <= instant:
+                return candidate
+        return candidate
 
 
 class AccessPolicy:

@@ -128,6 +128,15 @@ def test_anti_passback_resets_daily_at_the_configured_time():
     assert p.check("ann", at("2026-11-24T04:01")).allowed
 
 
+def test_a_reset_time_inside_the_spring_forward_gap_is_never_in_the_future():
+    # Berlin skips 02:00-03:00 on 2026-03-29, so that day's 02:30 reset is 03:30 CEST.
+    p = make(policy(anti_passback="hard", anti_passback_reset="02:30", cooldown_seconds=0))
+    assert p.check("ann", at("2026-03-29T03:05")).allowed
+    assert p.check("ann", at("2026-03-29T03:15")).reason == "anti_passback"
+    for wall in ("2026-03-29T03:10", "2026-03-29T03:29", "2026-03-29T03:31", "2026-03-28T12:00"):
+        assert p.schedule.last_reset(at(wall), "02:30") <= at(wall)
+
+
 def test_both_door_alternates_direction_per_person():
     p = make(policy(role="both", direction="alternate", cooldown_seconds=0),
              {"ann": PersonFacts(("staff",)), "bob": PersonFacts(("staff",))})
