@@ -223,9 +223,13 @@ class CentralSync:
         relayed again, which is harmless: doors keep only newer passages.
         """
         queued = 0
-        for event in events:
-            body = contract.passage_body(event)
-            if body is None:
+        bodies = [(event, contract.passage_body(event)) for event in events]
+        bodies = [(event, body) for event, body in bodies if body is not None]
+        # A door offline during a forget sends the person's grants later: central
+        # stores them anonymous and must not put the id back on the wire.
+        forgotten = registry.forgotten_among({body["person_id"] for _, body in bodies}) if bodies else set()
+        for event, body in bodies:
+            if body["person_id"] in forgotten:
                 continue
             area = self.config.area_of(event.door_id)
             if area != body["area"]:

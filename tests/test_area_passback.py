@@ -240,6 +240,21 @@ def test_a_grant_claiming_an_area_is_relayed_only_for_a_door_central_lists_in_th
     assert site.south.present("ann").allowed
 
 
+def test_a_forgotten_persons_late_grant_is_not_relayed(site):
+    import numpy as np
+
+    from central import registry
+
+    registry.enrol("ann", [np.full(128, 0.05, np.float32)])
+    registry.forget("ann")
+    # A unit that had not heard of the forget yet grants Ann, then Bob.
+    site.north.present("ann")
+    site.north.present("bob")
+    assert eventually(lambda: site.south.sync.passages_applied == 1)
+    assert site.south.policy.last_passage("bob") is not None
+    assert not any(b"ann" in payload for payload in site.attacker.seen)
+
+
 def test_replayed_older_signed_passage_does_not_roll_state_back(site):
     site.north.present("ann")
     assert eventually(lambda: site.south.sync.passages_applied == 1)

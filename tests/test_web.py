@@ -557,3 +557,9 @@ def test_central_web_serves_on_loopback_until_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("query", ["since=1000000d", "since=0001-01-01T00:00%2B01:00",
+                                   "until=9999-12-31T23:59-01:00", "page=99999999999999999999"])
+def test_events_page_answers_odd_filters_without_a_server_error(admin, site, query):
+    assert admin.get(f"/events?{query}").status_code < 500

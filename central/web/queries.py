@@ -67,12 +67,6 @@ def without_exit(records):
     return rows
 
 
-def csv_safe(value):
-    """``value`` as CSV text that a spreadsheet will not run as a formula."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 # ----------------------------------------------------------------- doors
 
 def events_stored_by_door():

@@ -22,6 +22,7 @@ from werkzeug.utils import secure_filename
 from bytelocker import contract
 from bytelocker.errors import ByteLockerError, EnrolmentError
 from central import attendance, registry
+from central.commands import csv_safe
 from central.clusters import StrangerCluster, clusters as list_clusters
 from central.door_health import CAMERA_OK, door_health
 from central.web import auth, queries
@@ -32,6 +33,7 @@ bp = Blueprint("dash", __name__, static_folder="static", template_folder="templa
                static_url_path="/static")
 
 EVENTS_PER_PAGE = 200
+MAX_EVENTS_PAGE = 1_000_000
 UNCLUSTERED_DAYS = 7
 # A page of faces stays loadable: the most recently seen visitors, each with
 # their newest sightings.  Promotion enrols at most PROMOTE_PHOTOS of them.
@@ -179,7 +181,7 @@ def today_csv():
     day = _day_arg()
     timezone, max_visit = _site()
     records = attendance.report(day, day, timezone, max_visit=max_visit, now=_now())
-    rows = [{k: queries.csv_safe(v) for k, v in attendance.csv_row(r).items()} for r in records]
+    rows = [{k: csv_safe(v) for k, v in attendance.csv_row(r).items()} for r in records]
     out = io.StringIO()
     print_rows(rows, list(attendance.CSV_COLUMNS), as_csv=True, out=out)
     return current_app.response_class(
@@ -437,7 +439,8 @@ def events():
     if event_type and event_type not in contract.EVENT_TYPES:
         event_type = ""
     try:
-        page = max(0, int(request.args.get("page", "0")))
+        # Capped: a huge page number is an OFFSET the database cannot take.
+        page = min(max(0, int(request.args.get("page", "0"))), MAX_EVENTS_PAGE)
     except ValueError:
         page = 0
     filters = {"door": request.args.get("door", "")[:64], "person": request.args.get("person", "")[:128],
