@@ -14,12 +14,19 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
+from bytelocker.errors import ConfigError
 from config.base import Section
 
 # Highest GPIO a Raspberry Pi SoC has (BCM2711 and earlier: 0-53); BOARD pins on
 # a Jetson header stop at 40, which the cross-field check below enforces.
 MAX_GPIO = 53
 JETSON_BOARD_PINS = range(1, 41)
+
+BACKEND_NOT_NAMED = (
+    "hardware.backend is not set; it must name the GPIO backend: gpiozero (Raspberry Pi), "
+    "jetson (Jetson.GPIO) or simulated (tests and demos only: it moves no real pin, so a real lock "
+    "stays where it is). ByteLocker never picks one by itself"
+)
 
 
 class PinSection(Section):
@@ -95,11 +102,20 @@ class HardwareSection(Section):
 
     Optional parts (contact, exit button, LEDs, buzzer) are left out with
     ``null``; the door then simply has no such part.
+
+    ``backend`` has no default.  A simulated default once let a door.yaml
+    that forgot the key run a real maglock on the simulator (door unlocked,
+    daemon healthy), so a section with settings but no backend is a config
+    error.  A section built with no settings at all (``DoorConfig()`` for
+    the recognition tools, or a door.yaml without ``hardware:``) has
+    ``backend = None``, and :func:`require_backend` refuses it wherever pins
+    would be driven.
     """
 
-    backend: Literal["gpiozero", "jetson", "simulated"] = Field(
-        "simulated",
-        description="gpiozero (Raspberry Pi), jetson (Jetson.GPIO) or simulated (tests and demos; moves no real pin).",
+    backend: Optional[Literal["gpiozero", "jetson", "simulated"]] = Field(
+        None,
+        description="gpiozero (Raspberry Pi), jetson (Jetson.GPIO) or simulated (tests and demos; moves no "
+        "real pin). Required: there is no default.",
     )
     pin_factory: Optional[Literal["lgpio", "rpigpio", "pigpio", "native"]] = Field(
         None,
@@ -125,6 +141,15 @@ class HardwareSection(Section):
     buzzer: Optional[PinSection] = Field(None, description="Buzzer, or null.")
 
     @model_validator(mode="after")
+    def _backend_is_named(self):
+        # Only an empty section may leave it out (see the class docstring);
+        # written settings without a backend are the dangerous case.  After
+        # the fields, so a wrong pin or pulse in the same section is reported too.
+        if self.model_fields_set and self.backend is None:
+            raise ValueError(BACKEND_NOT_NAMED)
+        return self
+
+    @model_validator(mode="after")
     def _jetson_pins_are_header_pins(self):
         if self.backend == "jetson":
             for role, pin in self.pins():
@@ -148,3 +173,18 @@ class HardwareSection(Section):
         if self.simulated_log:
             return self.simulated_log + ".state"
         return None
+
+
+def require_backend(section, *, source="door.yaml"):
+    """Raise :class:`~bytelocker.errors.ConfigError` unless ``section`` names its backend.
+
+    Called before any pin is driven (``door run``, ``door lock``,
+    :func:`hardware.open_hardware`).  ``source`` names the file (or "the
+    built-in defaults") in the message.
+    """
+    if section is None or section.backend is None:
+        raise ConfigError(
+            f"{source}: {BACKEND_NOT_NAMED}. Add it under 'hardware:', for example 'backend: gpiozero', "
+            f"and check the file with 'bytelocker check-config'."
+        )
+    return section.backend

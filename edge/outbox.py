@@ -172,7 +172,7 @@ class Outbox:
 
     # ------------------------------------------------------------- writing
 
-    def record(self, event_type, details, snapshot_jpeg=None):
+    def record(self, event_type, details, snapshot_jpeg=None, *, occurred_at=None):
         """Write a new event and return it as a dict (the snapshot left out).
 
         The event gets its UUID, sequence number and UTC time inside the same
@@ -182,7 +182,9 @@ class Outbox:
         full, :class:`MessageRejected` for an unknown ``event_type``.  Details
         that break the contract (NaN, too big) are replaced by
         ``details_rejected`` with the reason, keeping ``person_id``: the event
-        itself is never lost to a bad detail.
+        itself is never lost to a bad detail.  ``occurred_at`` (an aware
+        datetime) is the event's time when it is written late (the daemon
+        held it through a full disk); the default is now.
         """
         details = dict(details or {})
         if snapshot_jpeg is not None:
@@ -198,7 +200,7 @@ class Outbox:
                 if snapshot_jpeg is not None and not self._make_room(len(snapshot_jpeg)):
                     details["snapshot_dropped"] = contract.SNAPSHOT_DROPPED_OUTBOX_FULL
                     snapshot_jpeg = None
-                event = self._insert(event_type, details, snapshot_jpeg)
+                event = self._insert(event_type, details, snapshot_jpeg, ts=occurred_at)
         except pw.OperationalError as exc:
             raise self._storage_error(exc, event_type) from exc
         except pw.DatabaseError as exc:
@@ -208,6 +210,11 @@ class Outbox:
         return event.to_dict() | ({"snapshot_bytes": len(snapshot_jpeg)} if snapshot_jpeg else {})
 
     def _storage_error(self, exc, event_type):
+        # On SQLITE_FULL SQLite rolls the transaction back itself, so peewee's
+        # own rollback then fails with "cannot rollback"; the cause is the
+        # error it was handling.
+        if "cannot rollback" in str(exc) and exc.__context__ is not None:
+            exc = exc.__context__
         text = str(exc)
         if "full" in text:
             return StorageError(
@@ -222,10 +229,10 @@ class Outbox:
         OutboxMeta.insert(key="next_seq", value=seq + 1).on_conflict_replace().execute()
         return seq
 
-    def _insert(self, event_type, details, snapshot_jpeg, dropped=0):
+    def _insert(self, event_type, details, snapshot_jpeg, dropped=0, ts=None):
         seq = self._next_seq()
         try:
-            event = contract.Event.build(self.door_id, seq, event_type, details)
+            event = contract.Event.build(self.door_id, seq, event_type, details, ts=ts)
         except MessageRejected as exc:
             if event_type not in contract.EVENT_TYPES:
                 raise
@@ -235,7 +242,7 @@ class Outbox:
             kept = {"details_rejected": str(exc)[:200]}
             if isinstance(person, str) and len(person) <= 128:
                 kept["person_id"] = person
-            event = contract.Event.build(self.door_id, seq, event_type, kept)
+            event = contract.Event.build(self.door_id, seq, event_type, kept, ts=ts)
         OutboxEvent.create(
             seq=event.seq, event_id=str(event.event_id), type=event.type,
             payload=event.to_json().decode("utf-8"), snapshot=snapshot_jpeg,

@@ -210,6 +210,9 @@ class Publisher:
             logger.error("%s", exc)
             return
         if again:
+            # Drain reads only seqs after _sent_after; start again from the oldest so the
+            # rows just marked unsent go out on this connection, not only after a reconnect.
+            self._sent_after = 0
             logger.info("Door %s sends %d unconfirmed events again.", self.door_id, again)
 
     def _flush_acks(self):

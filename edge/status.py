@@ -1,8 +1,9 @@
 """The door's status file, and ``bytelocker door status``.
 
 The running daemon rewrites ``<door.data_dir>/status.json`` every couple of
-seconds with its health: last decision, fps, camera, broker, outbox depth,
-cache version.  ``bytelocker door status`` reads it from another process (an
+seconds with its health: last decision (never who), fps, camera, broker,
+outbox depth, cache version, the hardware backend and lock state, and any
+lock or storage fault.  ``bytelocker door status`` reads it from another process (an
 operator's shell, a monitoring check) without touching the daemon, and says
 plainly when the file is missing or too old, which means the daemon is not
 running or is hung.
@@ -153,16 +154,24 @@ def format_status(status, state, age, *, door_id, path, now=None):
     if status.get("camera_detail"):
         camera += f" ({status['camera_detail']})"
     fps = status.get("fps")
+    backend = status.get("backend") or "unknown"
     lines = [
         head,
         f"  last decision: {decision}",
         f"  fps:           {fps if fps is not None else 'unknown'}",
         f"  camera:        {camera}",
+        f"  lock:          {status.get('lock') or 'unknown'} ({backend} backend"
+        f"{': no real pin moves' if backend == 'simulated' else ''})",
         f"  broker:        {status.get('broker', 'unknown')}",
         f"  outbox:        {status.get('outbox_depth', 'unknown')} event(s) waiting to be sent",
         f"  cache version: {status.get('cache_version', 'unknown')}",
         f"  updated:       {updated:%Y-%m-%d %H:%M:%S} UTC ({_ago(age)})",
     ]
+    if status.get("lock_fault"):
+        lines.append(f"  LOCK FAULT:    {status['lock_fault']}")
+    if status.get("storage_fault"):
+        lines.append(f"  STORAGE FAULT: {status['storage_fault']} "
+                     f"({status.get('events_held', 0)} event(s) held in memory)")
     return lines
 
 

@@ -127,6 +127,8 @@ def open_hardware(section, *, door_id="door"):
     :raises HardwareError: the backend cannot load (with what to install or
         fix), a pin does not exist on this board, or a pin is wired twice.
         Nothing falls back to the simulated backend.
+    :raises ConfigError: ``section`` names no backend (``hardware.backend``
+        has no default).
     """
     backend = open_backend(section, door_id=door_id)
     lock = _open_lock(backend, section, door_id)

@@ -37,7 +37,14 @@ def register_backend(name):
 
 
 def open_backend(section, *, door_id="door"):
-    """Return the backend named by ``section.backend``, loaded and ready to hand out lines."""
+    """Return the backend named by ``section.backend``, loaded and ready to hand out lines.
+
+    A section that names no backend is refused with a ConfigError: the
+    simulator is never a default.
+    """
+    from config.hardware import require_backend
+
+    require_backend(section, source=f"Door {door_id}")
     try:
         cls = BACKENDS[section.backend]
     except KeyError:

@@ -48,6 +48,7 @@ SECRET_QUERY_KEYS = {"password", "passwd", "pwd", "pass", "token", "key", "secre
 
 # States a FrameGrabber reports through ``on_state(state, detail)``.
 OK, LOST, RETRYING, ENDED, STOPPED = "ok", "lost", "retrying", "ended", "stopped"
+STALLED = "stalled"
 
 
 # eq=False: frames are compared by identity; comparing pixel arrays with == is ambiguous.
@@ -196,6 +197,9 @@ class Camera:
         self._lock = threading.Lock()
         self._index = 0
         self._pacer = _Pacer(self._interrupt)
+        #: ``time.monotonic()`` when the current grab began, None between grabs:
+        #: how a driver hung inside ``read()`` is seen from another thread.
+        self.grabbing_since = None
         self._open()
 
     @classmethod
@@ -215,7 +219,11 @@ class Camera:
         with self._lock:
             if self._closed or self._interrupt.is_set():
                 raise CameraUnavailable(f"Camera {self.describe()} is closed.")
-            rgb, t = self._grab()
+            self.grabbing_since = time.monotonic()
+            try:
+                rgb, t = self._grab()
+            finally:
+                self.grabbing_since = None
         if not self.live and self.section.realtime:
             # Outside the lock, so close() from another thread need not wait for it.
             if not self._pacer.wait_until(t):
@@ -638,11 +646,17 @@ class FrameGrabber(threading.Thread):
       first open failed (detail: the reason); reported once per outage;
     - ``retrying``: waiting before the next attempt (detail: the last error,
       the wait and the attempt number); reported before every attempt;
+    - ``stalled``: the camera has been inside one grab for
+      ``read_timeout_seconds`` without a frame (a hung driver; waits that
+      pace a file or folder do not count); reported by
+      :meth:`check_stall`, which another thread calls because this one is
+      the one stuck.  If the read ever returns, the camera is reopened;
     - ``ended``: a file or folder ended (not looping); the thread finishes;
     - ``stopped``: ``stop_event`` was set; the thread finishes.
 
-    ``on_state`` runs in the camera thread, so it should return quickly.
-    Nothing the camera or ``on_state`` raises ever escapes the thread.
+    ``on_state`` runs in the camera thread (``stalled``: the caller of
+    :meth:`check_stall`), so it should return quickly.  Nothing the camera or
+    ``on_state`` raises ever escapes the thread.
     """
 
     def __init__(self, section, stop_event, *, on_state=None, keep_all=False, queue_size=8):
@@ -662,6 +676,8 @@ class FrameGrabber(threading.Thread):
         self._buffer = collections.deque()
         self._cond = threading.Condition()
         self._finished = False
+        self._camera = None
+        self._state_lock = threading.RLock()
 
     def describe(self):
         """The camera source, with any password hidden."""
@@ -701,6 +717,29 @@ class FrameGrabber(threading.Thread):
         """True once the thread has ended (file over, or stopped)."""
         return self._finished
 
+    def stalled_for(self):
+        """Seconds the camera has been inside one grab (see :attr:`Camera.grabbing_since`); 0 between grabs.
+
+        The pacing waits of a ``realtime`` file or folder are not grabs, so they never count.
+        """
+        camera = self._camera
+        since = None if camera is None else camera.grabbing_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
+    def check_stall(self):
+        """Report ``stalled`` once the camera gave no frame for ``read_timeout_seconds``; return the seconds.
+
+        Call it from another thread (the door's status loop): a driver hung
+        inside ``read()`` holds this one.
+        """
+        stalled = self.stalled_for()
+        if stalled >= self.section.read_timeout_seconds:
+            with self._state_lock:
+                if self.state == OK:
+                    self._report(STALLED, f"Camera {self.describe()} has given no frame for {stalled:.0f} s "
+                                          "(its driver is not returning); it is reopened if the driver returns.")
+        return stalled
+
     def run(self):
         try:
             self._run()
@@ -714,9 +753,12 @@ class FrameGrabber(threading.Thread):
         while not self.stop_event.is_set():
             camera = None
             try:
-                camera = open_camera(self.section, stop=self.stop_event)
+                camera = self._camera = open_camera(self.section, stop=self.stop_event)
                 while not self.stop_event.is_set():
                     frame = camera.read()
+                    if self.state == STALLED:
+                        # The driver came back after hanging: start afresh rather than trust it.
+                        raise CameraUnavailable(f"Camera {self.describe()} stalled; reopening it.")
                     if self.state != OK:
                         self._report(OK, camera.describe())
                         delay = self.section.retry_initial_seconds
@@ -761,13 +803,17 @@ class FrameGrabber(threading.Thread):
             self._cond.notify_all()
 
     def _report(self, state, detail):
+        with self._state_lock:
+            self._report_locked(state, detail)
+
+    def _report_locked(self, state, detail):
         if state == self.state and detail == self.detail:
             return
         previous = self.state
         self.state, self.detail = state, detail
-        if state == LOST:
+        if state in (LOST, STALLED):
             logger.warning("%s", detail)
-        elif state == OK and previous in (LOST, RETRYING):
+        elif state == OK and previous in (LOST, RETRYING, STALLED):
             logger.warning("Camera %s is delivering frames again.", detail)
         elif state == OK:
             logger.info("Camera %s is delivering frames.", detail)

@@ -21,10 +21,12 @@ def cmd_lock(args):
     load is an error (exit 1) with what to install or fix; it never falls
     back to the simulator.
     """
+    from config.hardware import require_backend
     from config.loader import load_door_config
     from hardware import engage_lock
 
     config = load_door_config(args.config)
+    require_backend(config.hardware, source=args.config or "the built-in defaults")
     section, door_id = config.hardware, config.door.id
     level = engage_lock(section, door_id=door_id)
     lock = section.lock

@@ -8,7 +8,8 @@ Patterns (green LED, red LED, buzzer):
 ``denied``    red steady, one long beep
 ``unknown``   red blinking (4 per second) after two short chirps
 ``fault``     red and green steady together (amber on a two-colour LED),
-              no sound; shown while the camera or broker is lost
+              no sound; shown while the camera is lost or stalled, events
+              cannot be stored (full disk) or the lock cannot be engaged
 ============  =========================================================
 
 A shown pattern lasts ``seconds`` and then gives way to the base pattern:

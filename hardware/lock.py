@@ -8,6 +8,11 @@ What the door does (see docs/hardware.md for the wiring behind it):
   stays locked; a fail-safe lock (maglock) releases and the door is open.
 - **Crash** (unhandled exception in the pulse thread): the thread engages the
   lock and carries on; the daemon's own excepthook engages it too.
+- **A failed write of the locked level** (GPIO busy, expander glitch): the
+  pulse stays "due to end" and the thread retries with backoff until the
+  line is locked; meanwhile :attr:`Lock.fault` says so, :meth:`Lock.unlock`
+  is refused, and the daemon stops petting the systemd watchdog so systemd
+  restarts it (``ExecStopPost=bytelocker door lock`` then engages the lock).
 - **kill -9**: nothing in the process can act; the line stays where it was
   until systemd's ``ExecStopPost=bytelocker door lock`` drives it locked.
   On boards where the kernel resets a released line, the relay goes to the
@@ -34,6 +39,11 @@ FAIL_MODES = ("secure", "safe")
 MAX_PULSE_SECONDS = 30.0
 JOIN_TIMEOUT = 2.0
 RESTART_DELAY = 0.5
+# Retrying a failed locked write: fast first (most GPIO errors are
+# momentary), then no more often than every 2 s so a dead line does not
+# flood the journal.
+RETRY_INITIAL_SECONDS = 0.05
+RETRY_MAX_SECONDS = 2.0
 
 
 def locked_level(*, fail_mode, active_high):
@@ -62,8 +72,9 @@ class Lock:
         config keeps it between 1 and 30 s.
 
     On power loss the relay drops (strike locked, maglock released); on a
-    crash of the pulse thread the lock is engaged; on :meth:`close` it is
-    engaged and its line left driven locked.
+    crash of the pulse thread the lock is engaged; if driving the line locked
+    fails, it is retried with backoff until it works (see :attr:`fault`); on
+    :meth:`close` it is engaged and its line left driven locked.
     """
 
     def __init__(self, line, *, door_id="door", fail_mode="secure", active_high=True, unlock_seconds=5.0):
@@ -79,6 +90,8 @@ class Lock:
         # once so its end is timed exactly, and stop still ends the wait.
         self._cond = threading.Condition(threading.RLock())
         self._deadline = None
+        self._fault = None
+        self._retry_delay = RETRY_INITIAL_SECONDS
         self._line.set(self.locked_level)
         self._thread = threading.Thread(target=self._run, name=f"{door_id}-lock-pulse", daemon=True)
         self._thread.start()
@@ -93,6 +106,22 @@ class Lock:
         return self._line.level == self.locked_level
 
     @property
+    def fault(self):
+        """None while the lock can be engaged; else a sentence saying why it cannot.
+
+        Set when driving the line to the locked level failed (cleared by the
+        next write that works) or when the pulse thread has died (then
+        nothing would end a pulse).  The daemon reports it in its status and
+        stops petting the systemd watchdog while it is set.
+        """
+        with self._cond:
+            if self._fault is not None:
+                return self._fault
+        if not self._stop.is_set() and not self._thread.is_alive():
+            return f"the lock's pulse thread on GPIO {self.pin} has stopped, so nothing would end an unlock pulse"
+        return None
+
+    @property
     def unlocked_until(self):
         """``time.monotonic()`` at which the current pulse ends, or None when locked."""
         with self._cond:
@@ -103,11 +132,21 @@ class Lock:
 
         The lock re-engages by itself when the pulse ends.  Asking again
         during a pulse extends it (the relay does not move twice).
+
+        :raises HardwareError: the lock is closed, its pulse thread has died
+            (the lock is engaged instead), or it has a :attr:`fault`: a door
+            that might not re-lock is not opened.
         """
         seconds = self.unlock_seconds if seconds is None else self._check_seconds(seconds)
+        if not self._stop.is_set() and not self._thread.is_alive():
+            self._engage_after_failure()
+            raise HardwareError(f"Door {self.door_id}: the lock's pulse thread on GPIO {self.pin} has stopped, "
+                                "so an unlock would never end; the lock is engaged instead.")
         with self._cond:
             if self._stop.is_set():
                 raise HardwareError(f"Door {self.door_id}: the lock on GPIO {self.pin} is closed and cannot unlock.")
+            if self._fault is not None:
+                raise HardwareError(f"Door {self.door_id}: refusing to unlock, because {self._fault}.")
             self._line.set(not self.locked_level)
             deadline = time.monotonic() + seconds
             if self._deadline is None or deadline > self._deadline:
@@ -116,11 +155,17 @@ class Lock:
         logger.info("door=%s lock released for %.1f s (GPIO %s)", self.door_id, seconds, self.pin)
 
     def lock(self):
-        """Engage the lock now, ending any pulse. Safe to call from any thread, any number of times."""
+        """Engage the lock now, ending any pulse. Safe to call from any thread, any number of times.
+
+        :raises HardwareError: the line could not be driven locked; the pulse
+            thread keeps retrying and :attr:`fault` is set until it works.
+        """
         with self._cond:
-            self._deadline = None
-            self._line.set(self.locked_level)
+            error = self._try_engage()
             self._cond.notify_all()
+        if error is not None:
+            raise HardwareError(f"Door {self.door_id}: could not engage the lock on GPIO {self.pin} ({error}); "
+                                "retrying until it works.") from error
 
     def close(self):
         """Stop the pulse thread and engage the lock; the line stays driven locked (never released)."""
@@ -160,9 +205,35 @@ class Lock:
                 if remaining > 0:
                     self._cond.wait(remaining)
                     continue
-                self._deadline = None
-                self._line.set(self.locked_level)
-                logger.info("door=%s lock re-engaged at the end of the pulse", self.door_id)
+                if self._try_engage() is None:
+                    logger.info("door=%s lock re-engaged at the end of the pulse", self.door_id)
+                else:
+                    self._cond.wait(self._retry_delay)
+                    self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_SECONDS)
+
+    def _try_engage(self):
+        """Drive the line locked (``self._cond`` held); return None, or the error if the write failed.
+
+        The deadline is cleared only after a write that worked: a pending
+        deadline is what makes the pulse thread try again.
+        """
+        try:
+            self._line.set(self.locked_level)
+        except Exception as exc:  # noqa: BLE001 - any failed write leaves the door possibly unlocked
+            now = time.monotonic()
+            if self._deadline is None or self._deadline > now:
+                self._deadline = now
+            if self._fault is None:
+                logger.critical("door=%s cannot engage the lock on GPIO %s: %r; retrying until it works",
+                                self.door_id, self.pin, exc)
+            self._fault = f"the lock on GPIO {self.pin} could not be engaged ({type(exc).__name__}: {exc})"
+            return exc
+        self._deadline = None
+        self._retry_delay = RETRY_INITIAL_SECONDS
+        if self._fault is not None:
+            logger.warning("door=%s lock engaged again on GPIO %s after a failed write", self.door_id, self.pin)
+            self._fault = None
+        return None
 
     def _engage_after_failure(self):
         try:

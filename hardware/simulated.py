@@ -46,26 +46,39 @@ class OutputChange(NamedTuple):
 
 
 class SimulatedOutput(GpiozeroOutput):
-    """A mock output pin that records each change; :meth:`inject_fault` makes the next write fail."""
+    """A mock output pin that records each change; :meth:`inject_fault` makes writes fail."""
 
     def __init__(self, backend, pin, role, pin_obj, level, describe=None):
         super().__init__(backend, pin, role, pin_obj, level)
         self._fault = None
+        self._fault_times = 0
         self.describe = describe
         backend.record(self)
 
     def set(self, level):
         if self._fault is not None:
-            fault, self._fault = self._fault, None
+            fault = self._fault
+            self._fault_times -= 1
+            if self._fault_times <= 0:
+                self._fault = None
             raise fault
         before = self.level
         super().set(level)
         if self.level != before:
             self.backend.record(self)
 
-    def inject_fault(self, exc):
-        """Test hook: make the next :meth:`set` raise ``exc`` without moving the pin (a failing GPIO write)."""
+    def inject_fault(self, exc, *, times=1):
+        """Test hook: make the next ``times`` :meth:`set` calls raise ``exc`` without moving the pin.
+
+        A failing GPIO write; ``times=float("inf")`` keeps failing until :meth:`clear_fault`.
+        """
         self._fault = exc
+        self._fault_times = times
+
+    def clear_fault(self):
+        """Test hook: writes work again."""
+        self._fault = None
+        self._fault_times = 0
 
 
 class SimulatedInput(GpiozeroInput):

@@ -407,3 +407,21 @@ def test_receipt_on_another_doors_topic_or_naming_another_door_is_ignored(broker
     assert eventually(lambda: outbox.depth() == 1)
     assert outbox.unconfirmed() == 1
     listener.close()
+
+
+def test_with_receipts_unconfirmed_events_are_sent_again_periodically_on_the_same_connection(
+        broker, outbox, run_publisher, monkeypatch):
+    import edge.publisher
+
+    monkeypatch.setattr(edge.publisher, "UNCONFIRMED_RESEND_SECONDS", 1.0)
+    listener = Listener(broker, "bytelocker/doors/+/events")
+    for _ in range(3):
+        outbox.record("granted", {"person_id": "p1"})
+    publisher, _ = run_publisher(outbox, section(broker, receipts=True))
+    assert eventually(lambda: outbox.unconfirmed() == 3)
+    # Central never confirms (the broker dropped them on the way): the door sends them again
+    # without waiting for a reconnect.
+    assert eventually(lambda: all([e["seq"] for e in listener.on("events")].count(seq) >= 2
+                                  for seq in (1, 2, 3)), 15)
+    assert publisher.connected and outbox.depth() == 3
+    listener.close()
