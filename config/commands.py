@@ -7,6 +7,9 @@ from bytelocker.errors import ConfigError
 
 EXAMPLES = {"door": "door.example.yaml", "central": "central.example.yaml"}
 
+NO_BACKEND = ("hardware.backend is not set, but a door must name its GPIO backend: gpiozero (Raspberry Pi), "
+              "jetson (Jetson.GPIO) or simulated (no real relay: tests and demos)")
+
 
 def register(subparsers):
     """Add ``check-config`` and ``config`` to ``subparsers``."""
@@ -58,6 +61,10 @@ def check_config(args):
             failed = True
             continue
         result = inspect_file(path, model, check_secrets=not args.skip_secrets)
+        if not result.problems and kind == "door" and result.config.hardware.backend is None:
+            # Reading a door.yaml (door status, eval) needs no backend; running a door does,
+            # and check-config runs before the service starts.
+            result.problems.append(f"{path}: {NO_BACKEND}")
         if result.problems:
             failed = True
             count = len(result.problems)

@@ -131,6 +131,10 @@ def open_hardware(section, *, door_id="door"):
         has no default).
     """
     backend = open_backend(section, door_id=door_id)
+    if section.backend == "simulated":
+        # Named in the YAML, so not a fallback; still, on a wired door it means the lock never moves.
+        logger.warning("door %s runs the SIMULATED GPIO backend: no real relay, contact or button is "
+                       "used (hardware.backend in door.yaml)", door_id)
     lock = _open_lock(backend, section, door_id)
     try:
         contact = exit_button = None

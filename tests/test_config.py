@@ -253,7 +253,7 @@ def test_error_in_a_migrated_key_points_at_the_line_staff_wrote(tmp_path):
 
 
 def test_check_config_says_an_old_file_was_upgraded(tmp_path, capsys):
-    path = write(tmp_path, "door.yaml", "version: 1\ndoor:\n  timezone: UTC\n")
+    path = write(tmp_path, "door.yaml", "version: 1\ndoor:\n  timezone: UTC\nhardware:\n  backend: simulated\n")
 
     code = main(["check-config", str(path)])
 
@@ -358,13 +358,13 @@ def test_mqtt_password_in_the_credentials_folder_satisfies_check_config(tmp_path
     creds.mkdir()
     (creds / "bytelocker_mqtt-password").write_text("s3cret\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    path = write(tmp_path, "door.yaml", "version: 2\nmqtt:\n  username: door-1\n")
+    path = write(tmp_path, "door.yaml", "version: 2\nmqtt:\n  username: door-1\nhardware:\n  backend: simulated\n")
 
     assert main(["check-config", str(path)]) == 0
 
 
 def test_skip_secrets_checks_only_the_file(tmp_path, capsys):
-    path = write(tmp_path, "door.yaml", "version: 2\nmqtt:\n  username: door-1\n")
+    path = write(tmp_path, "door.yaml", "version: 2\nmqtt:\n  username: door-1\nhardware:\n  backend: simulated\n")
 
     assert main(["check-config", "--skip-secrets", str(path)]) == 0
 
@@ -384,7 +384,7 @@ def test_credential_file_on_disk_counts_for_check_config_run_as_root(tmp_path, m
     folder.mkdir()
     (folder / "mqtt-password").write_text("s3cret\n")
     monkeypatch.setattr(config.secrets, "CREDENTIALS_FOLDER", str(folder))
-    path = write(tmp_path, "door.yaml", "version: 2\nmqtt:\n  username: door-1\n")
+    path = write(tmp_path, "door.yaml", "version: 2\nmqtt:\n  username: door-1\nhardware:\n  backend: simulated\n")
 
     assert main(["check-config", str(path)]) == 0
 

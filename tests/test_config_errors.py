@@ -111,6 +111,9 @@ CASES = [
     ("old_and_new_name_both_set", "door",
      "version: 1\ndoor:\n  timezone: UTC\nsite:\n  timezone: UTC\n",
      ["line 3:", "door.timezone is 'UTC', but is now called site.timezone, and site.timezone is also set"]),
+    ("door_without_a_hardware_section", "door",
+     "version: 2\ndoor:\n  id: a\n",
+     ["hardware.backend is not set, but a door must name its GPIO backend: gpiozero (Raspberry Pi), jetson"]),
     ("door_describing_unlike_central_enrolment", "door",
      "version: 2\nrecognition:\n  augment: mirror\n",
      ["line 3:", "recognition.augment is 'mirror', but is not accepted: central enrols everyone with 'none'",
@@ -281,7 +284,7 @@ def test_every_problem_of_a_file_is_reported_in_line_order(tmp_path, capsys, mon
 def test_every_file_is_checked_even_after_a_bad_one(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("door:\n  id: 'a b'\n", encoding="utf-8")
-    (tmp_path / "good.yaml").write_text("door:\n  id: ab\n", encoding="utf-8")
+    (tmp_path / "good.yaml").write_text("door:\n  id: ab\nhardware:\n  backend: simulated\n", encoding="utf-8")
 
     code = main(["check-config", "bad.yaml", "good.yaml"])
 
