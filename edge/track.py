@@ -132,22 +132,13 @@ class Track:
         self.track_id = track_id
         self._new_id = new_id
         self.box = box
-        self.first_t = t
         self.last_t = t
         self.frames_seen = 1
-        self.frames_described = 0
-        self.decision = None
         self.votes_needed = votes_needed
         self.window_frames = window_frames
         self.retry_seconds = float(retry_seconds)
         self._votes = deque(maxlen=window_frames)
-        self._voting = True
-        self._attempt_frames = 0
-        self._frames_without_match = 0
-        self._retries = 0
-        self._retry_at = float("inf")
-        self._best_area = -1
-        self._crop = None
+        self._start_face(t)
         self._last_descriptor = None
         self._check_at = float("inf")
         self.missed = False  # set by the Tracker: not seen in the previous frame
@@ -186,12 +177,8 @@ class Track:
         if descriptor is not None:
             self._last_descriptor = np.array(descriptor, dtype=np.float32, copy=True)
 
-    def _restart(self, t):
-        """Another face has taken this track's box: follow it as a new, undecided track."""
-        old = self.track_id
-        if self._new_id is not None:
-            self.track_id = self._new_id()
-        logger.info("track %s now shows another face; following it as track %s", old, self.track_id)
+    def _start_face(self, t):
+        """Undecided, no votes: the state of a face first seen at ``t``."""
         self.first_t = t
         self.frames_described = 0
         self.decision = None
@@ -203,6 +190,14 @@ class Track:
         self._retry_at = float("inf")
         self._best_area = -1
         self._crop = None
+
+    def _restart(self, t):
+        """Another face has taken this track's box: follow it as a new, undecided track."""
+        old = self.track_id
+        if self._new_id is not None:
+            self.track_id = self._new_id()
+        logger.info("track %s now shows another face; following it as track %s", old, self.track_id)
+        self._start_face(t)
 
     def vote(self, result, t, frame=None, descriptor=None):
         """Add one frame's :class:`~edge.match.Match`; return a new Decision or None.

@@ -52,6 +52,16 @@ def describer():
 
 
 @pytest.fixture
+def central_db(tmp_path):
+    """A fresh central SQLite database in ``tmp_path``, open through central.db."""
+    from central.db import open_database
+
+    db = open_database(f"sqlite:///{tmp_path / 'central.db'}")
+    yield db
+    db.close()
+
+
+@pytest.fixture
 def broker(tmp_path):
     """A real Mosquitto on a free loopback port, stopped after the test."""
     b = Mosquitto(tmp_path / "mosquitto")

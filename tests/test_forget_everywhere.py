@@ -38,13 +38,6 @@ def near(descriptor, distance, seed=99):
 
 
 @pytest.fixture
-def central_db(tmp_path):
-    db = open_database(f"sqlite:///{tmp_path / 'central.db'}")
-    yield db
-    db.close()
-
-
-@pytest.fixture
 def snaps(tmp_path):
     return str(tmp_path / "snaps")
 

@@ -37,13 +37,6 @@ def faces(detector, describer, astronaut, grace_hopper):
 
 
 @pytest.fixture
-def central_db(tmp_path):
-    db = open_database(f"sqlite:///{tmp_path / 'central.db'}")
-    yield db
-    db.close()
-
-
-@pytest.fixture
 def door_cache(tmp_path):
     cache.open_cache(str(tmp_path / "door" / "cache.db"))
     yield
