@@ -113,4 +113,7 @@ def configure(level=logging.INFO, stream=None, timestamps=None):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # peewee's DEBUG log is every SQL statement with its parameters: face
+    # descriptors and person ids.  Even at --log-level debug it stays quiet.
+    logging.getLogger("peewee").setLevel(max(level, logging.INFO))
     return handler

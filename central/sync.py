@@ -351,8 +351,7 @@ class CentralSync:
                     self._publish_retry_at = time.monotonic() + PUBLISH_RETRY_SECONDS
                     return
                 self.published += 1
-                logger.info("central: published enrolment change %d (%s %s)", change.version, change.op,
-                            change.person_id)
+                logger.info("central: published enrolment change %d (%s)", change.version, change.op)
             registry.mark_published(change.version)
 
     def _relay_passages(self):
@@ -382,8 +381,7 @@ class CentralSync:
             self._passage_attempts = 0
             if relayed:
                 self.passages_relayed += 1
-                logger.debug("central: relayed a %s of person %s in area %s", body["direction"],
-                             body["person_id"], body["area"])
+                logger.debug("central: relayed a %s in area %s", body["direction"], body["area"])
 
     def _prune(self):
         now = time.monotonic()

@@ -285,8 +285,8 @@ class DoorApp:
         except ByteLockerError:
             logger.exception("door=%s could not record a %s event", self.door_id, event_type)
             return None
-        logger.info("door=%s event=%s seq=%s person=%s", self.door_id, event_type,
-                    event.get("seq"), details.get("person_id"))
+        # The seq finds the event (which holds the person, and is erased by forget); journald is not.
+        logger.info("door=%s event=%s seq=%s", self.door_id, event_type, event.get("seq"))
         if self.on_event is not None:
             self.on_event(event)
         return event

@@ -117,9 +117,9 @@ class RecognitionLoop:
             made = track.vote(result, t, frame, descriptor)
             if made is not None:
                 decisions.append(made)
-                logger.info("track %s: %s %s (distance %.3f, %s frames, %.0f ms)",
-                            made.track_id, made.decision, made.person, made.distance,
-                            made.frames_used, made.decide_ms)
+                # No person id: journald keeps logs past 'bytelocker forget'; the event has it.
+                logger.info("track %s: %s (distance %.3f, %s frames, %.0f ms)",
+                            made.track_id, made.decision, made.distance, made.frames_used, made.decide_ms)
         self._decisions += len(decisions)
         return decisions
 

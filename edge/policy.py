@@ -210,8 +210,8 @@ class AccessPolicy:
         details = {"direction": direction, "area": self.policy.area}
         if violation:
             details["anti_passback_violation"] = True
-            logger.warning("anti-passback violation (soft) by person %s in area %s",
-                           person_id, self.policy.area)
+            logger.warning("anti-passback violation (soft) in area %s (the event names the person)",
+                           self.policy.area)
         return Verdict(True, details=details)
 
     def record_remote(self, person_id, direction, at):
@@ -237,7 +237,7 @@ class AccessPolicy:
             if last is not None and at <= last[1]:
                 return False
             self._record(person_id, direction, at)
-        logger.info("learnt a remote %s of person %s in area %s", direction, person_id, self.policy.area)
+        logger.info("learnt a remote %s in area %s", direction, self.policy.area)
         return True
 
     def forget_people(self, person_ids):

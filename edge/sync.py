@@ -403,8 +403,7 @@ class DoorSync:
                 self._request()
             return False
         cache.apply_changes([change], version)
-        logger.info("door %s: applied enrolment change %d (%s %s)", self.door_id, version, change[0],
-                    change[1]["person_id"])
+        logger.info("door %s: applied enrolment change %d (%s)", self.door_id, version, change[0])
         return True
 
     def _apply_answer(self, kind, body):
@@ -471,8 +470,8 @@ class DoorSync:
         else:
             # A duplicate, a late arrival or a replay: the door already knows something newer.
             self.passages_ignored += 1
-            logger.info("door %s: ignored a passage of person %s at %s older than what it knows",
-                        self.door_id, person_id, door_id)
+            logger.info("door %s: ignored a passage from door %s older than what it knows",
+                        self.door_id, door_id)
 
     def _read_passage(self, payload):
         """Verify one passage; return ``(person_id, direction, at, door_id)`` or raise MessageRejected."""
