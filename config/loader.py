@@ -186,6 +186,15 @@ def _yaml_int(loader, node):
 LineLoader.add_constructor("tag:yaml.org,2002:int", _yaml_int)
 
 
+def _refuse_binary(loader, node):
+    # bytes would reach a text setting as '' or "b'...'": never what staff meant.
+    raise UnsupportedYaml(None, None, "binary values (!!binary) are not supported in ByteLocker config files; "
+                          "write the value as plain text", node.start_mark)
+
+
+LineLoader.add_constructor("tag:yaml.org,2002:binary", _refuse_binary)
+
+
 def _plain(data):
     """``data`` with LineDict/LineList turned into dict/list, for pydantic."""
     if isinstance(data, dict):
