@@ -86,6 +86,8 @@ class DemoSite:
             "mqtt": {"host": self.broker.host, "port": self.broker.port},
             "database": {"url": f"sqlite:///{os.path.join(self.workdir, 'central.db')}"},
             "storage": {"snapshot_dir": os.path.join(self.workdir, "snapshots")},
+            # Central serves only the doors it lists, as a real site's central.yaml does.
+            "doors": {DOOR_ID: {"area": "site"}},
         })
         key_path = os.path.join(self.workdir, "keys", "signing-key")
         public_key = signing.init_signing_key(key_path)
