@@ -36,7 +36,8 @@ def door_health(now=None, *, silent_after=DEFAULT_SILENT_AFTER):
     status (None before any); ``central_version``; ``behind`` (versions
     behind central, 0 when up to date, None when the door sent no version);
     ``flags``, a tuple of ``offline``, ``stopped``, ``silent``,
-    ``camera_<state>`` and ``behind``.
+    ``camera_<state>``, ``behind``, ``lock_fault`` (the lock could not be
+    engaged) and ``storage_fault`` (the door holds events it cannot write).
     """
     now = now or utcnow()
     central_version = registry.current_version()
@@ -56,6 +57,10 @@ def door_health(now=None, *, silent_after=DEFAULT_SILENT_AFTER):
             flags.append(f"camera_{camera}")
         if behind:
             flags.append("behind")
+        # Faults the door reports but survives: someone has to go and look.
+        for fault in ("lock_fault", "storage_fault"):
+            if status.get(fault):
+                flags.append(fault)
         rows.append({
             "door_id": door.door_id, "state": state, "since": door.availability_at,
             "for": now - door.availability_at if door.availability_at else None,

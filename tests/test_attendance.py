@@ -354,6 +354,16 @@ def test_doors_command_prints_health(doors, capsys):
     assert rows["side"]["state"] == "offline"
 
 
+def test_door_health_flags_a_lock_or_storage_fault_the_door_reports(doors):
+    store_status(contract.Status.model_validate({
+        "schema": 1, "door_id": "side", "ts": contract.utc_now(), "camera": "ok",
+        "lock_fault": "the lock on GPIO 17 could not be engaged (OSError: busy)",
+        "storage_fault": "database or disk is full", "events_held": 3}))
+    rows = {r["door_id"]: r for r in door_health()}
+    assert {"lock_fault", "storage_fault"} <= set(rows["side"]["flags"])
+    assert not {"lock_fault", "storage_fault"} & set(rows["front-in"]["flags"])
+
+
 def test_attendance_and_door_health_are_the_same_on_postgresql(tmp_path, postgres_url):
     store_site(postgres_url, tmp_path)
     rows = {r.person_id: attendance.csv_row(r) for r in attendance.report(DAY, DAY, BERLIN, now=local(NEXT, 12))}
