@@ -23,6 +23,7 @@ person under two ids), or far (> 0.6) from the person's other photos.
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 # HOG scores below this are mostly false detections (a flag, a patterned
 # shirt); they are not counted as "another face" in the photo.
 MIN_FACE_SCORE = 0.3
+# A second face this wide (full-size pixels) makes a photo ambiguous: whose face is enrolled?
+SECOND_FACE_MIN_PX = 40
 # Further than this from the person's own other photos is suspicious: dlib's
 # usual same-person bound.
 SAME_PERSON_DISTANCE = 0.6
@@ -95,6 +98,9 @@ class PhotoChecker:
         # ones.  Smaller faces are looked for only to say "too small".
         self.detector = detector or FaceDetector(model="hog", upsample=0, min_face_px=20)
         self._small_detector = FaceDetector(model="hog", upsample=1, min_face_px=20)
+        # dlib's detectors crash the process (not raise) when two threads run
+        # one at once, and the dashboard serves enrolments from several threads.
+        self._busy = threading.Lock()
 
     def _faces(self, image):
         height, width = image.shape[:2]
@@ -102,14 +108,27 @@ class PhotoChecker:
         work = image if scale == 1.0 else cv2.resize(
             image, (max(1, int(width * scale)), max(1, int(height * scale))), interpolation=cv2.INTER_AREA)
         boxes = [b for b in self.detector.detect(work) if b.score >= MIN_FACE_SCORE]
-        if not boxes:
-            boxes = [b for b in self._small_detector.detect(work) if b.score >= MIN_FACE_SCORE]
+        if len(boxes) <= 1:
+            # The finer pass finds faces from ~40 px: a lone face too small for
+            # the first pass, or a second, smaller person in an "only one face" photo.
+            small = [b for b in self._small_detector.detect(work) if b.score >= MIN_FACE_SCORE]
+            if not boxes:
+                boxes = small
+            else:
+                boxes += [b for b in small if b.iou(boxes[0]) < 0.3 and b.width >= SECOND_FACE_MIN_PX * scale]
         inv = 1.0 / scale
         return [Box(int(b.left * inv), int(b.top * inv), int(b.right * inv), int(b.bottom * inv),
                     b.score).clipped(width, height) for b in boxes]
 
     def check_image(self, image, source="<image>"):
-        """Check one RGB photo; the :class:`PhotoCheck` has the descriptor if it passed."""
+        """Check one RGB photo; the :class:`PhotoCheck` has the descriptor if it passed.
+
+        Safe to call from several threads: one photo is checked at a time.
+        """
+        with self._busy:
+            return self._check_image(image, source)
+
+    def _check_image(self, image, source):
         s = self.settings
         check = PhotoCheck(source)
         try:
@@ -148,7 +167,9 @@ class PhotoChecker:
         try:
             image = load_rgb(path)
         except ImageError as exc:
-            return PhotoCheck(os.fspath(path), reason=str(exc).rstrip("."))
+            # The file's own name: an upload's temporary folder means nothing to staff.
+            reason = str(exc).rstrip(".").replace(os.fspath(path), os.path.basename(os.fspath(path)))
+            return PhotoCheck(os.fspath(path), reason=reason)
         return self.check_image(image, os.fspath(path))
 
 

@@ -5,6 +5,7 @@ import os
 import cv2
 import numpy as np
 
+from bytelocker import MAX_IMAGE_PIXELS
 from bytelocker.errors import ImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
@@ -21,7 +22,12 @@ def load_rgb(path):
         raise ImageError(f"Cannot read image {path}: {exc.strerror or exc}.") from exc
     if data.size == 0:
         raise ImageError(f"Image {path} is empty.")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:
+        # OpenCV refuses an image over OPENCV_IO_MAX_IMAGE_PIXELS before decoding it.
+        raise ImageError(f"Image {path} is too large (over {MAX_IMAGE_PIXELS // 1_000_000} megapixels) "
+                         "or corrupt; use a smaller photo.") from None
     if bgr is None:
         raise ImageError(f"Image {path} is corrupt or not an image format OpenCV can decode.")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

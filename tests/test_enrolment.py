@@ -11,6 +11,7 @@ from central.db import open_database
 from central.enrolment import PhotoChecker, enrol_photos, forget_everywhere, photo_paths
 from central.store import Snapshot, StoredEvent
 from config.central import EnrolmentSection
+from edge.detect import FaceDetector
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,81 @@ def test_corrupt_file_is_rejected_naming_the_file(checker, tmp_path, grace_hoppe
     check = checker.check_file(str(broken))
     assert not check.ok
     assert "broken.jpg" in check.reason and "corrupt" in check.reason
+
+
+def png_claiming(width, height):
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def test_photo_over_the_pixel_limit_is_rejected_by_name_before_it_is_decoded(checker, tmp_path):
+    import subprocess
+    import sys
+
+    # Over OpenCV's own 2**30 limit: refused in any process.
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_claiming(40000, 40000))
+    check = checker.check_file(str(huge))
+    assert not check.ok and "huge.png" in check.reason and "too large" in check.reason
+    assert str(tmp_path) not in check.reason  # the name, not an upload's temporary folder
+    # 144 megapixels, within OpenCV's default: refused by ByteLocker's own limit,
+    # which every entry point sets by importing the bytelocker package first.
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(12000, 12000))
+    run = subprocess.run([sys.executable, "-c", "import sys, bytelocker\nfrom edge.images import load_rgb\n"
+                          "load_rgb(sys.argv[1])", str(bomb)], capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and "ImageError" in run.stderr and "too large" in run.stderr
+
+
+def test_a_second_smaller_face_makes_the_photo_ambiguous(checker, detector, astronaut, grace_hopper):
+    # Grace's face shrunk to ~45 px in a corner of Eileen's photo: whose face would be enrolled?
+    face = detector.detect(grace_hopper)[0]
+    scale = 45.0 / face.width
+    small = cv2.resize(grace_hopper, (int(grace_hopper.shape[1] * scale), int(grace_hopper.shape[0] * scale)),
+                       interpolation=cv2.INTER_AREA)
+    photo = astronaut.copy()
+    photo[-small.shape[0]:, -small.shape[1]:] = small
+    check = checker.check_image(photo)
+    assert not check.ok and check.reason.startswith("2 faces found")
+    assert checker.check_image(astronaut).ok
+
+
+def test_photos_are_checked_one_at_a_time_from_several_threads(describer, astronaut):
+    import threading
+    import time
+
+    # dlib's detector crashes the whole process (not an exception) when two
+    # threads run it at once, and the dashboard checks uploads on several.
+    class CountingDetector(FaceDetector):
+        running = peak = 0
+
+        def detect(self, frame):
+            type(self).running += 1
+            type(self).peak = max(type(self).peak, type(self).running)
+            time.sleep(0.02)
+            try:
+                return super().detect(frame)
+            finally:
+                type(self).running -= 1
+
+    checker = PhotoChecker(EnrolmentSection(), describer, detector=CountingDetector(model="hog", min_face_px=20))
+    results = []
+    threads = [threading.Thread(target=lambda: results.extend(checker.check_image(astronaut).ok for _ in range(3)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 12
+    assert CountingDetector.peak == 1
 
 
 def test_enrolment_keeps_good_photos_and_reports_each_rejection(checker, central_db, grace_hopper, tmp_path):

@@ -201,12 +201,42 @@ def test_login_limit_window_expires():
     assert limiter.blocked_for("ada", "10.0.0.1") == 0
 
 
-def test_login_redirects_only_within_the_site(app):
+@pytest.mark.parametrize("target, location", [
+    ("//evil.example/phish", "/"),
+    ("/\t/evil.example", "/"),       # browsers drop the tab: //evil.example
+    ("/\n/evil.example", "/"),
+    ("/\\evil.example", "/"),
+    ("https://evil.example/", "/"),
+    ("/ /evil.example", "/"),
+    ("/people?sort=name", "/people?sort=name"),
+])
+def test_login_redirects_only_within_the_site(app, target, location):
     client = app.test_client()
     csrf = csrf_of(client.get("/login").get_data(as_text=True))
     response = client.post("/login", data={"csrf_token": csrf, "username": "ada", "password": PASSWORD,
-                                           "next": "//evil.example/phish"})
-    assert response.headers["Location"] == "/"
+                                           "next": target})
+    assert response.status_code == 302 and response.headers["Location"] == location
+
+
+def test_parallel_login_attempts_cannot_pass_the_limit_together():
+    import threading
+
+    limiter = auth.LoginLimiter(max_failures=5, window=300)
+    allowed = []
+    barrier = threading.Barrier(20)
+
+    def guess():
+        barrier.wait()
+        allowed.append(limiter.attempt("ada", "10.0.0.1") == 0)
+
+    threads = [threading.Thread(target=guess) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert allowed.count(True) == 5
+    limiter.succeeded("ada", "10.0.0.1")
+    assert limiter.attempt("ada", "10.0.0.1") == 0
 
 
 def test_session_cookie_is_httponly_and_samesite_lax(app, config):

@@ -171,14 +171,33 @@ class LoginLimiter:
                 return 0
             return max(1, int(failures[0] + self.window - self._clock()) + 1)
 
+    def attempt(self, username, address):
+        """Check and count one login attempt at once: seconds to wait (0: go ahead, counted as a failure).
+
+        Counting before the password is checked closes the race in which
+        parallel requests all pass :meth:`blocked_for` before any failure is
+        recorded; :meth:`succeeded` clears the count.
+        """
+        key = ((username or "").lower(), address)
+        with self._lock:
+            failures = self._recent(key)
+            if len(failures) >= self.max_failures:
+                return max(1, int(failures[0] + self.window - self._clock()) + 1)
+            self._count(key)
+        return 0
+
     def failed(self, username, address):
         """Count one failed login."""
         with self._lock:
-            if len(self._failures) >= self.MAX_KEYS:
-                # Guessing with ever new names must not grow memory without bound.
-                for key in [k for k in self._failures if not self._recent(k)]:
-                    del self._failures[key]
-            self._recent(((username or "").lower(), address)).append(self._clock())
+            self._count(((username or "").lower(), address))
+
+    def _count(self, key):
+        # self._lock is held.
+        if len(self._failures) >= self.MAX_KEYS:
+            # Guessing with ever new names must not grow memory without bound.
+            for old in [k for k in self._failures if not self._recent(k)]:
+                del self._failures[old]
+        self._recent(key).append(self._clock())
 
     def succeeded(self, username, address):
         """Forget the failures of this user name and address."""

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import tempfile
+from urllib.parse import urlsplit
 
 from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request,
                    send_file, session, url_for)
@@ -87,9 +88,14 @@ def _client_address():
 
 
 def _safe_next(target):
-    # Only paths on this site: "//evil" and "\\evil" are other hosts to a browser.
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")) and "\\" not in target:
-        return target
+    # Only paths on this site.  Browsers read "//evil" and "/\\evil" as other
+    # hosts, and drop tabs and newlines first ("/\t/evil" is "//evil"), so any
+    # control character, space or backslash sends the user home instead.
+    if (target and all(0x20 < ord(c) < 0x7f for c in target) and "\\" not in target
+            and target.startswith("/") and not target.startswith("//")):
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc:
+            return target
     return url_for("dash.today")
 
 
@@ -104,14 +110,15 @@ def login():
     password = request.form.get("password", "")
     address = _client_address()
     limiter = _state()["limiter"]
-    wait = limiter.blocked_for(username, address)
+    # Counted as a failure before the slow password check, so parallel guesses
+    # cannot all pass the limit first; a success clears it.
+    wait = limiter.attempt(username, address)
     if wait:
         logger.warning("Dashboard login for %r from %s refused: too many failures.", username, address)
         return render_template("login.html", next=request.form.get("next", ""),
                                error=f"Too many failed logins. Try again in {max(1, wait // 60)} minute(s)."), 429
     user = auth.authenticate(username, password)
     if user is None:
-        limiter.failed(username, address)
         logger.warning("Failed dashboard login for %r from %s.", username, address)
         return render_template("login.html", next=request.form.get("next", ""),
                                error="Wrong user name or password."), 401
