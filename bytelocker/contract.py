@@ -41,6 +41,9 @@ MAX_STATUS_BYTES = 16 * 1024
 # Door ids: what door.yaml accepts, so they are always one topic level and a
 # safe folder name: a letter or digit first, so never "." or "..".
 DOOR_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# A person in an enrolment update: what the door takes and central checks before it enrols.
+MAX_PERSON_ID_CHARS = 128
+MAX_PERSON_NAME_CHARS = 256
 
 EventType = Literal[
     "granted",

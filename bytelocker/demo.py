@@ -26,10 +26,14 @@ import time
 
 import cv2
 
+from bytelocker.errors import DemoError
+
 SCENE_FPS = 15.0
 # Shorter than a real door's 5 s, so each grant shows as its own pulse.
 UNLOCK_SECONDS = 1.5
 DOOR_ID = "front-door"
+# Written into the work folder: only a folder holding it is ever emptied by a later demo.
+DEMO_MARKER = ".bytelocker-demo"
 
 
 def _say(text=""):
@@ -266,8 +270,32 @@ def cmd_demo(args):
              "package. Running the recognition loop alone.")
         return loop_demo.cmd_demo(args)
     workdir = args.workdir or tempfile.mkdtemp(prefix="bytelocker-demo-")
-    if os.path.exists(os.path.join(workdir, "central.db")):
-        shutil.rmtree(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    prepare_workdir(workdir)
     _say(f"ByteLocker demo in {workdir}")
     return run_site_demo(workdir)
+
+
+def prepare_workdir(workdir):
+    """Make ``workdir`` ready for a fresh demo, deleting only what an earlier demo left there.
+
+    A folder someone names may be anything (``--workdir /var/lib/bytelocker``
+    is a real site's data), so it must be empty or carry the demo's own
+    marker file; anything else is refused with :class:`DemoError`.
+    """
+    marker = os.path.join(workdir, DEMO_MARKER)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise DemoError(f"--workdir {workdir} is a file, not a folder.")
+    if os.path.isdir(workdir) and os.listdir(workdir):
+        if not os.path.isfile(marker):
+            raise DemoError(f"--workdir {workdir} is not empty and was not made by 'bytelocker demo'; "
+                            "give an empty or new folder (the demo deletes its work folder's contents "
+                            "when it starts again).")
+        for name in os.listdir(workdir):
+            path = os.path.join(workdir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+    os.makedirs(workdir, exist_ok=True)
+    with open(marker, "w", encoding="utf-8") as fh:
+        fh.write("Made by 'bytelocker demo'; the next demo run in this folder deletes everything here.\n")

@@ -89,3 +89,7 @@ class AccountError(ByteLockerError, ValueError):
 
 class ReportError(ByteLockerError, ValueError):
     """A report was asked for with arguments that cannot work (no days, an unknown time zone)."""
+
+
+class DemoError(ByteLockerError, ValueError):
+    """``bytelocker demo`` cannot run as asked (e.g. a work folder that is not its own)."""

@@ -24,6 +24,7 @@ import logging
 import numpy as np
 import peewee as pw
 
+from bytelocker import contract
 from bytelocker.errors import EnrolmentError
 from central.db import BaseModel, _models, database, register, write_transaction
 
@@ -234,6 +235,30 @@ def descriptors_by_person(*, active_only=True):
     return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
 
+MAX_ID_CHARS = contract.MAX_PERSON_ID_CHARS
+MAX_NAME_CHARS = contract.MAX_PERSON_NAME_CHARS
+
+
+def check_person_fields(person_id, *, name=None, groups=None):
+    """Refuse an id, name or groups the doors would refuse.
+
+    A door rejects a whole signed update that holds one person it cannot
+    take, and stays at its old version, so one bad id (an empty ``--id
+    "$ID"`` in a script) would stop every later change, revocations
+    included, from reaching it.  Raises :class:`EnrolmentError`.
+    """
+    if not isinstance(person_id, str) or not person_id or len(person_id) > MAX_ID_CHARS:
+        raise EnrolmentError(f"A person id must be 1 to {MAX_ID_CHARS} characters, not {str(person_id)[:40]!r}.")
+    if person_id != person_id.strip() or any(ord(c) < 0x20 or ord(c) == 0x7f for c in person_id):
+        raise EnrolmentError(f"The person id {person_id!r} starts or ends with a space or holds a control "
+                             "character; use a plain id such as a staff number.")
+    if name is not None and len(name) > MAX_NAME_CHARS:
+        raise EnrolmentError(f"The name of {person_id!r} is {len(name)} characters; at most {MAX_NAME_CHARS}.")
+    for group in groups or ():
+        if not isinstance(group, str) or not group.strip():
+            raise EnrolmentError(f"{person_id!r} has an empty group name.")
+
+
 def enrol(person_id, descriptors, *, name=None, sources=(), groups=None, doors=None,
           valid_from=None, valid_until=None, reinstate=False, replace_doors=False):
     """Add ``descriptors`` to ``person_id`` (creating them), log the change; return its version.
@@ -245,6 +270,7 @@ def enrol(person_id, descriptors, *, name=None, sources=(), groups=None, doors=N
     ``replace_doors`` is set.  A revoked person is only enrolled again with
     ``reinstate=True``.
     """
+    check_person_fields(person_id, name=name, groups=groups)
     descriptors = np.asarray(descriptors, dtype=np.float32).reshape(-1, 128)
     if not np.all(np.isfinite(descriptors)):
         raise EnrolmentError(f"The descriptors for {person_id!r} contain NaN or infinite values.")

@@ -54,7 +54,7 @@ from edge import cache
 logger = logging.getLogger(__name__)
 
 DESCRIPTOR_BYTES = 128 * 4
-MAX_ID_CHARS = 128
+MAX_ID_CHARS = contract.MAX_PERSON_ID_CHARS
 # Answers to older requests than this many are no longer accepted.
 NONCES_KEPT = 4
 # Ask again if central has not answered within this long, seconds.
@@ -116,7 +116,7 @@ def decode_person(doc):
     name = doc.get("name", "")
     groups = doc.get("groups", [])
     descs = doc.get("descriptors")
-    if not isinstance(name, str) or len(name) > 256:
+    if not isinstance(name, str) or len(name) > contract.MAX_PERSON_NAME_CHARS:
         raise MessageRejected(f"The update gives {pid!r} an invalid name.")
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise MessageRejected(f"The update gives {pid!r} invalid groups.")

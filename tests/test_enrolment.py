@@ -256,3 +256,17 @@ def test_enroll_command_reports_every_photo_and_people_lists_them(tmp_path, caps
     assert "revoked" in capsys.readouterr().out
     assert main(["revoke", "-c", str(config), "nobody"]) == 1
     assert "No person with id 'nobody'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("person_id", ["", " rose", "rose ", "a" * 129, "line\nbreak"])
+def test_an_id_the_doors_would_refuse_is_refused_before_anything_is_enrolled(central_db, person_id):
+    # A door refuses a whole signed update over one such person and stays at
+    # its old version: every later change, revocations too, would never arrive.
+    with pytest.raises(EnrolmentError):
+        registry.enrol(person_id, np.full((1, 128), 0.05, np.float32))
+    assert registry.current_version() == 0 and registry.list_people() == []
+
+
+def test_a_name_longer_than_a_door_takes_is_refused(central_db):
+    with pytest.raises(EnrolmentError, match="at most 256"):
+        registry.enrol("rose", np.full((1, 128), 0.05, np.float32), name="N" * 300)

@@ -25,3 +25,25 @@ def test_demo_lets_in_both_enrolled_people_and_central_stores_the_stranger(tmp_p
     assert lock[0] is True and lock[-1] is True
     assert sum(1 for before, after in zip(lock, lock[1:]) if before and not after) == 2
     assert "verified and applied central's signed update" in result.stdout
+
+
+def test_demo_never_empties_a_folder_it_did_not_make(tmp_path):
+    from bytelocker.demo import DEMO_MARKER, prepare_workdir
+    from bytelocker.errors import DemoError
+
+    # --workdir /var/lib/bytelocker by mistake: a real site's data.
+    site = tmp_path / "site"
+    (site / "snapshots").mkdir(parents=True)
+    (site / "central.db").write_bytes(b"real data")
+    with pytest.raises(DemoError, match="not made by 'bytelocker demo'"):
+        prepare_workdir(str(site))
+    assert (site / "central.db").read_bytes() == b"real data" and (site / "snapshots").is_dir()
+    # Its own folder from an earlier run is emptied and used again.
+    own = tmp_path / "own"
+    prepare_workdir(str(own))
+    (own / "central.db").write_bytes(b"old demo")
+    (own / "door").mkdir()
+    prepare_workdir(str(own))
+    assert sorted(p.name for p in own.iterdir()) == [DEMO_MARKER]
+    with pytest.raises(DemoError, match="is a file"):
+        prepare_workdir(str(own / DEMO_MARKER))

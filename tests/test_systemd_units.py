@@ -144,6 +144,12 @@ def test_unit_runs_as_the_bytelocker_user_with_its_folders(unit):
     assert values(unit, "ConfigurationDirectory") == ["bytelocker"]
 
 
+def test_door_unit_works_in_its_writable_state_folder():
+    # lgpio creates a pipe in the working directory, for door run and for door lock alike.
+    assert values(DOOR, "StateDirectory") == ["bytelocker"]
+    assert values(DOOR, "WorkingDirectory") == ["/var/lib/bytelocker"]
+
+
 def test_door_unit_reaches_only_the_camera_and_gpio_devices():
     assert values(DOOR, "DevicePolicy") == ["closed"]
     allowed = {value.split()[0] for value in values(DOOR, "DeviceAllow")}
