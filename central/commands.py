@@ -148,7 +148,16 @@ def _open(args):
     from config.loader import load_central_config
 
     url = args.database
-    if not url:
+    if url:
+        from pydantic import ValidationError
+
+        from config.central import DatabaseSection
+
+        try:
+            DatabaseSection(url=url)
+        except ValidationError as exc:
+            raise ConfigError(f"--database {url!r}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}.") from None
+    else:
         try:
             url = load_central_config(args.config).database.url
         except ConfigError as exc:
@@ -160,7 +169,8 @@ def _open(args):
         password = secrets.read_secret(secrets.DATABASE_PASSWORD.name, secrets.DATABASE_PASSWORD.env_var)
     except ImportError:  # pragma: no cover
         pass
-    return open_database(url, password)
+    # Reports only read: a mistyped path must not create an empty database that looks like a quiet site.
+    return open_database(url, password, create=False)
 
 
 # ---------------------------------------------------------------- commands

@@ -32,12 +32,26 @@ def register(model):
     return model
 
 
-def open_database(url, password=None):
-    """Connect to ``url`` (``sqlite:///path`` or ``postgresql://...``) and create tables."""
+def open_database(url, password=None, *, create=True):
+    """Connect to ``url`` (``sqlite:///path`` or ``postgresql://...``) and create tables.
+
+    ``create=False`` (reports) refuses a SQLite file that does not exist
+    instead of making an empty one: a typo in the path must not look like a
+    site with no events.  A SQLite file created by root (a command run with
+    sudo before the service ever started) is given to the owner of its folder,
+    so the ``bytelocker`` service can still write it.
+    """
+    new_file = None
     try:
         if url.startswith("sqlite:///"):
             path = url[len("sqlite:///"):]
             if path not in ("", ":memory:"):
+                if not os.path.exists(path):
+                    if not create:
+                        raise StorageError(
+                            f"There is no central database at {path}: check --database or database.url "
+                            "(central creates it when 'bytelocker central run' first starts).")
+                    new_file = path
                 os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
             db = pw.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS)
         else:
@@ -46,9 +60,23 @@ def open_database(url, password=None):
         database.initialize(db)
         db.connect(reuse_if_open=True)
         db.create_tables(_models)
-    except (pw.PeeweeException, OSError, ValueError) as exc:
+        if new_file is not None:
+            _give_to_folder_owner(new_file)
+    except (pw.PeeweeException, OSError, ValueError, RuntimeError) as exc:
+        # RuntimeError: playhouse's "Unrecognized or unsupported scheme" for a URL typo.
+        if isinstance(exc, StorageError):
+            raise
         raise StorageError(f"Cannot open the central database {redact(url)}: {exc}.") from exc
     return db
+
+
+def _give_to_folder_owner(path):
+    if os.geteuid() != 0:
+        return
+    folder = os.stat(os.path.dirname(os.path.abspath(path)))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        if os.path.exists(name):
+            os.chown(name, folder.st_uid, folder.st_gid)
 
 
 def write_transaction():

@@ -111,6 +111,7 @@ def cmd_enroll(args):
     from edge.describe import FaceDescriber
 
     config = open_registry(args.config)
+    check_doors_listed(args.doors, config)
     paths = photo_paths(args.photos)
     checker = PhotoChecker(config.enrolment, FaceDescriber())
     folder_given = any(os.path.isdir(p) for p in args.photos)
@@ -124,6 +125,26 @@ def cmd_enroll(args):
         print(check.describe())
     print(f"{args.person_id}: {result.added} photo(s) enrolled, {len(result.rejected)} rejected; "
           f"change version {result.version} goes to the doors as soon as central is running.")
+
+
+def check_doors_listed(doors, config):
+    """Refuse ``--door`` ids that central.yaml's ``doors:`` does not list (when it lists any).
+
+    A mistyped door would limit the person to a door that does not exist,
+    locking them out of every real one without a word.
+    """
+    from difflib import get_close_matches
+
+    from bytelocker.errors import EnrolmentError
+
+    if not config.doors:
+        return
+    for door in doors or ():
+        if door not in config.doors:
+            close = get_close_matches(door, list(config.doors), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise EnrolmentError(f"--door {door!r} is not one of the doors in central.yaml "
+                                 f"({', '.join(sorted(config.doors))}).{hint}")
 
 
 def _when(value):
@@ -157,13 +178,23 @@ def cmd_forget(args):
     from bytelocker.errors import EnrolmentError
     from central.enrolment import forget_everywhere
 
+    from central import registry
+
     config = open_registry(args.config)
+    if (registry.Person.get_or_none(registry.Person.person_id == args.person_id) is None
+            and not registry.forgotten_among([args.person_id])):
+        # A typo must not look like a successful erasure while the real person stays enrolled.
+        raise EnrolmentError(f"No person with id {args.person_id!r} is enrolled, and none was forgotten "
+                             "under it: nothing erased. 'bytelocker people' lists the ids.")
     if not args.yes:
         if not sys.stdin.isatty():
             raise EnrolmentError(f"Forgetting {args.person_id!r} cannot be undone; add --yes to confirm.")
-        answer = input(f"Erase {args.person_id!r} everywhere, for good? Type the id to confirm: ")
-        if answer.strip() != args.person_id:
-            print("Nothing erased.")
+        try:
+            answer = input(f"Erase {args.person_id!r} everywhere, for good? Type the id to confirm: ")
+        except (EOFError, KeyboardInterrupt):
+            answer = None
+        if answer is None or answer.strip() != args.person_id:
+            print("\nNothing erased." if answer is None else "Nothing erased.")
             return 1
     erased = forget_everywhere(args.person_id, config.storage.snapshot_dir,
                                threshold=config.alerts.stranger_threshold)

@@ -235,6 +235,21 @@ def test_forget_command_erases_sightings_and_says_when_the_id_was_already_gone(t
     assert "1 snapshot(s) and 1 stranger sighting(s) deleted" in out
     assert main(["forget", "-c", str(config), "--yes", "alice"]) == 0
     assert "was no longer enrolled" in capsys.readouterr().out
+    # A typo is not a success: nobody of that id was ever enrolled or forgotten.
+    assert main(["forget", "-c", str(config), "--yes", "alcie"]) == 1
+    assert "No person with id 'alcie'" in capsys.readouterr().err
+
+
+def test_enrol_refuses_a_door_central_does_not_list(tmp_path, capsys):
+    from bytelocker.cli import main
+
+    config = tmp_path / "central.yaml"
+    config.write_text(f"database:\n  url: sqlite:///{tmp_path / 'central.db'}\n"
+                      f"storage:\n  snapshot_dir: {tmp_path / 'snaps'}\n"
+                      "doors:\n  front-in:\n  lab:\n")
+    assert main(["enroll", "-c", str(config), "--id", "kit", "--door", "fornt-in", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "'fornt-in' is not one of the doors" in err and "Did you mean 'front-in'?" in err
 
 
 def test_forget_erases_everywhere_on_postgresql(postgres_url, tmp_path):
@@ -284,3 +299,28 @@ def test_retention_deletes_the_nearest_rows_with_their_events(central_db, snaps)
     retention.purge(types.SimpleNamespace(snapshot_retention_days=30, event_retention_days=365))
 
     assert EventNearest.select().count() == 0 and StoredEvent.select().count() == 0
+
+
+def test_ctrl_d_at_the_forget_prompt_erases_nothing(tmp_path, capsys, monkeypatch):
+    import builtins
+    import sys
+
+    from bytelocker.cli import main
+
+    config = tmp_path / "central.yaml"
+    config.write_text(f"database:\n  url: sqlite:///{tmp_path / 'central.db'}\n"
+                      f"storage:\n  snapshot_dir: {tmp_path / 'snaps'}\n")
+    db = open_database(f"sqlite:///{tmp_path / 'central.db'}")
+    registry.enrol("alice", [face(1)])
+    db.close()
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+
+    def end_of_input(prompt=""):
+        raise EOFError
+
+    monkeypatch.setattr(builtins, "input", end_of_input)
+    assert main(["forget", "-c", str(config), "alice"]) == 1
+    out, err = capsys.readouterr()
+    assert "Nothing erased." in out and "Traceback" not in err
+    open_database(f"sqlite:///{tmp_path / 'central.db'}")
+    assert registry.Person.get_or_none(registry.Person.person_id == "alice") is not None

@@ -117,3 +117,28 @@ def test_csv_cells_are_never_spreadsheet_formulas(tmp_path, capsys):
     assert main(["report", "events", "--database", url, "--csv"]) == 0
     out = capsys.readouterr().out
     assert "'=HYPERLINK" in out and ',=HYPERLINK' not in out
+
+
+def test_a_mistyped_database_is_an_error_not_an_empty_site(tmp_path, capsys):
+    missing = tmp_path / "stat" / "centrl.db"
+    assert main(["report", "events", "--database", f"sqlite:///{missing}"]) == 1
+    assert "no central database" in capsys.readouterr().err
+    assert not missing.exists() and not missing.parent.exists()
+    assert main(["report", "events", "--database", f"sqllite:///{missing}"]) == 1
+    err = capsys.readouterr().err
+    assert "sqllite" in err and "Traceback" not in err and "sqlite:////absolute/path" in err
+
+
+def test_a_database_created_by_root_belongs_to_its_folders_owner(tmp_path, monkeypatch):
+    import os
+
+    from central import db as central_db
+
+    folder = tmp_path / "state"
+    folder.mkdir()
+    owners = []
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "chown", lambda path, uid, gid: owners.append((os.path.basename(path), uid, gid)))
+    central_db.open_database(f"sqlite:///{folder / 'central.db'}")
+    stat = folder.stat()
+    assert ("central.db", stat.st_uid, stat.st_gid) in owners
