@@ -148,7 +148,9 @@ def secret_path(name, env_var, *, required=False):
 def _credential_files(name):
     folder = credentials_dir()
     if not folder:
-        return []
+        # Outside systemd (an administrator running 'sudo bytelocker people'):
+        # the files the units load, which check-config already counts as given.
+        folder = CREDENTIALS_FOLDER
     return [os.path.join(folder, name), os.path.join(folder, CREDENTIAL_PREFIX + name)]
 
 

@@ -400,3 +400,18 @@ def test_a_url_password_is_masked_in_messages():
     from config.loader import _show
 
     assert _show("rtsp://admin:pw123@cam/stream") == "'rtsp://admin:***@cam/stream'"
+
+
+def test_commands_run_outside_systemd_read_the_credential_files_check_config_accepts(tmp_path, monkeypatch):
+    # 'sudo bytelocker people' on a PostgreSQL site: no $CREDENTIALS_DIRECTORY,
+    # but the password file the unit loads is there.
+    import config.secrets
+
+    folder = tmp_path / "credentials"
+    folder.mkdir()
+    (folder / "database-password").write_text("s3cret\n")
+    monkeypatch.setattr(config.secrets, "CREDENTIALS_FOLDER", str(folder))
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("BYTELOCKER_DATABASE_PASSWORD", raising=False)
+    secret = config.secrets.DATABASE_PASSWORD
+    assert config.secrets.read_secret(secret.name, secret.env_var) == "s3cret"
