@@ -5,6 +5,7 @@ The subcommand itself is declared in :mod:`edge.commands` with the other
 """
 
 import logging
+import sys
 
 logger = logging.getLogger(__name__)
 
@@ -37,4 +38,24 @@ def cmd_lock(args):
         # JetPack 6 returns a released line to its default when this process exits.
         logger.warning("door=%s on a Jetson the lock line returns to its default level when this command "
                        "exits; only wiring that makes that level 'locked' keeps the door locked", door_id)
+    recorded = _door_that_ran_here(config)
+    if recorded is not None and recorded != door_id:
+        # Engaged anyway (never refuse to lock), but this box ran another door:
+        # the lock it drives may be on another pin. Say so and fail.
+        print(f"bytelocker: warning: this box last ran door {recorded!r} (its status file in "
+              f"{config.door.data_dir}), but this config is for door {door_id!r}: GPIO {lock.pin} may not be "
+              f"{recorded!r}'s lock. Use that door's door.yaml.", file=sys.stderr)
+        return 1
     return 0
+
+
+def _door_that_ran_here(config):
+    """The door id in this box's status file, or None (none, or unreadable: never a reason not to lock)."""
+    from bytelocker.errors import StorageError
+    from edge.status import read_status, status_path
+
+    try:
+        status = read_status(status_path(config))
+    except StorageError:
+        return None
+    return (status or {}).get("door_id")

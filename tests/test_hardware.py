@@ -311,3 +311,24 @@ def test_door_lock_command_fails_clearly_when_the_backend_cannot_load(tmp_path):
     assert done.returncode == 1
     assert done.stderr.startswith("bytelocker: error: Door test-door: the gpiozero pin factory 'lgpio'")
     assert "Traceback" not in done.stderr
+
+
+def test_door_lock_with_another_doors_config_still_locks_but_says_so_and_fails(tmp_path, capsys):
+    from bytelocker.cli import main
+    from edge.status import write_status
+
+    state = tmp_path / "state"
+    state.mkdir()
+    write_status(str(state / "status.json"), {"door_id": "front-door"})
+    log = tmp_path / "pins.jsonl"
+    path = write_yaml(tmp_path / "door.yaml", f"door:\n  id: back-door\n  data_dir: {state}\n"
+                                              f"hardware:\n  backend: simulated\n  simulated_log: {log}\n")
+    assert main(["door", "lock", "-c", path]) == 1
+    out, err = capsys.readouterr()
+    assert "lock engaged on GPIO 17" in out
+    assert "this box last ran door 'front-door'" in err and "'back-door'" in err
+    assert [e for e in read_log(log) if e["role"] == "lock"][-1]["locked"] is True
+    # The box's own door.yaml: exit 0.
+    own = write_yaml(tmp_path / "own.yaml", f"door:\n  id: front-door\n  data_dir: {state}\n"
+                                            f"hardware:\n  backend: simulated\n  simulated_log: {log}\n")
+    assert main(["door", "lock", "-c", own]) == 0
