@@ -41,6 +41,8 @@ from central.db import open_database
 logger = logging.getLogger(__name__)
 
 LEAVES = ("events", "status", "available")
+# The writer goes round its loop every 0.2 s when idle; a batch takes well under a second.
+WRITER_STUCK_SECONDS = 120.0
 # A door that sends junk is logged this many times, then once per LOG_EVERY.
 LOG_FIRST = 10
 LOG_EVERY = 1000
@@ -73,6 +75,7 @@ class Collector:
         self._connected = threading.Event()
         self._client = None
         self._threads = []
+        self._writer_beat = time.monotonic()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -97,6 +100,22 @@ class Collector:
         for thread in reversed(self._threads):
             thread.join(timeout)
         logger.info("Central collector stopped: %s.", dict(self.stats))
+
+    def healthy(self):
+        """None while every thread runs and the writer goes round its loop; else why not.
+
+        ``central run`` pets systemd's watchdog only while this is None, so a
+        dead or wedged writer (events piling up unacknowledged) gets central
+        restarted.  A database that is down is not a wedge: the writer keeps
+        retrying, and a restart would not help.
+        """
+        for thread in self._threads:
+            if not thread.is_alive() and not self.stop_event.is_set():
+                return f"the {thread.name} thread has stopped"
+        since = time.monotonic() - self._writer_beat
+        if self._threads and since > WRITER_STUCK_SECONDS:
+            return f"the writer has not come round its loop for {since:.0f} s"
+        return None
 
     def wait_connected(self, timeout):
         """True once subscribed to every door's topics (within ``timeout`` seconds)."""
@@ -195,6 +214,7 @@ class Collector:
         wait = self.config.collector.batch_wait_ms / 1000.0
         batch_max = self.config.collector.batch_max
         while True:
+            self._writer_beat = time.monotonic()
             try:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
@@ -231,6 +251,7 @@ class Collector:
                 break
             except StorageError as exc:
                 # Not acknowledged, so the broker still holds the batch if we stop.
+                self._writer_beat = time.monotonic()  # waiting for the database is not being stuck
                 logger.error("%s Retrying in 1 s.", exc)
                 if self.stop_event.wait(1.0):
                     return
@@ -317,9 +338,16 @@ def cmd_run(args):
         collector.passages = sync = None
     systemd_notify.ready()
     last, logged_at = None, time.monotonic()
+    withheld = None
     # Wake often enough for systemd's watchdog (WatchdogSec=60); log stats each minute.
     while not stop.wait(5):
-        systemd_notify.watchdog()
+        problem = collector.healthy()
+        if problem is None:
+            systemd_notify.watchdog()
+        elif problem != withheld:
+            logger.critical("Central collector: %s; no longer petting the systemd watchdog, so the "
+                            "service is restarted.", problem)
+        withheld = problem
         if time.monotonic() - logged_at >= 60 and dict(collector.stats) != last:
             last, logged_at = dict(collector.stats), time.monotonic()
             logger.info("Central collector: %s.", last)

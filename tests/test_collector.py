@@ -368,3 +368,18 @@ def test_collector_sends_each_door_a_receipt_for_stored_and_duplicate_events(bro
     door.close()
     listener.disconnect()
     listener.loop_stop()
+
+
+def test_collector_reports_a_dead_or_wedged_thread_for_the_watchdog(broker, tmp_path, collector_for):
+    collector = collector_for(central_config(broker, tmp_path))
+    assert collector.healthy() is None
+    # A writer that stopped going round its loop (wedged in a call) ...
+    collector._writer_beat -= 1000
+    assert "writer has not come round its loop" in collector.healthy()
+    collector._writer_beat = time.monotonic()
+    # ... or a thread that died.
+    dead = threading.Thread(target=lambda: None, name="collector-writer")
+    dead.start()
+    dead.join()
+    collector._threads[0] = dead
+    assert collector.healthy() == "the collector-writer thread has stopped"
