@@ -83,18 +83,28 @@ def disconnect(client):
 def run_forever(client, mqtt_section, stop_event, *, who, session_expiry_seconds=0):
     """Connect and run ``client``'s network loop on this thread until ``stop_event`` is set.
 
-    The first connection is retried every ``reconnect_min_seconds``; after
-    that paho reconnects by itself.  Returns when the caller disconnects the
-    client after setting the stop event.
+    The first connection is retried after ``reconnect_min_seconds``, the
+    wait doubling up to ``reconnect_max_seconds`` (as paho does afterwards);
+    the failure is logged when it starts and when its reason changes, not on
+    every try, so a broker that is down does not flood the journal.  Returns
+    when the caller disconnects the client after setting the stop event.
     """
     m = mqtt_section
+    wait, last_reason, tries = m.reconnect_min_seconds, None, 0
     while not stop_event.is_set():
         try:
             client.connect(m.host, m.port, m.keepalive_seconds, clean_start=not session_expiry_seconds,
                            properties=session_properties(session_expiry_seconds))
         except (OSError, ValueError) as exc:
-            logger.warning("%s cannot reach broker %s:%s (%s); retrying.", who, m.host, m.port, exc)
-            if stop_event.wait(m.reconnect_min_seconds):
+            tries += 1
+            if str(exc) != last_reason:
+                logger.warning("%s cannot reach broker %s:%s (%s); retrying, at most every %.0f s.",
+                               who, m.host, m.port, exc, m.reconnect_max_seconds)
+                last_reason = str(exc)
+            if stop_event.wait(wait):
                 break
+            wait = min(wait * 2, m.reconnect_max_seconds)
             continue
+        if tries:
+            logger.info("%s reached broker %s:%s after %d failed tries.", who, m.host, m.port, tries)
         client.loop_forever(retry_first_connection=True)
