@@ -64,7 +64,7 @@ def register(subparsers):
     p.add_argument("--since", type=parse_time, metavar="T", help="UTC time or an age (24h, 7d)")
     p.add_argument("--until", type=parse_time, metavar="T", help="UTC time or an age")
     p.add_argument("--type", dest="event_type", help="only this event type (granted, denied, ...)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many rows")
+    p.add_argument("--limit", type=positive_int, default=None, help="at most this many rows")
 
 
 # ---------------------------------------------------------------- arguments
@@ -81,6 +81,17 @@ def parse_date(text):
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-25") from None
+
+
+def positive_int(text):
+    """A whole number of at least 1, for ``--limit``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def parse_time(text, now=None):

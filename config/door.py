@@ -1,5 +1,6 @@
 """door.yaml: the door unit's configuration, composed of one model per section."""
 
+import os
 from typing import Optional
 
 from pydantic import BaseModel, Field, field_validator
@@ -25,6 +26,14 @@ class DoorSection(Section):
     name: str = Field("", max_length=200, description="Human name of the door.")
     data_dir: str = Field("/var/lib/bytelocker", description="Where the cache, the outbox and the status file live (the service's StateDirectory).")
     central_public_key: Optional[str] = Field(None, description="Central's Ed25519 public key (base64, from 'bytelocker keys init'), pinned at install; during a key rotation, the old and new keys separated by a comma.")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _check_data_dir(cls, value):
+        # The service runs in its own working directory under a read-only root.
+        if not os.path.isabs(value):
+            raise ValueError("must be an absolute path, starting with '/', like /var/lib/bytelocker")
+        return value
 
     @field_validator("central_public_key")
     @classmethod

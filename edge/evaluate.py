@@ -695,6 +695,9 @@ def cmd_pairs(args):
     """``bytelocker eval pairs``: the LFW View-2 verification protocol."""
     config, settings = _settings_from_config(args)
     threshold = config.recognition.threshold
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        # Said now, not after minutes of describing photos.
+        raise DatasetError(f"Cannot save the ROC curve to {args.plot}: its folder does not exist.")
     pairs = parse_pairs(args.pairs)
     paths = pair_photo_paths(pairs, args.images)
     descriptors = describe_photos(paths, settings=settings, jobs=args.jobs)

@@ -34,6 +34,8 @@ def read_video(path):
     one, else frame index / frame rate.  Raises :class:`VideoError` for a
     missing file, one OpenCV cannot open, or one without a single frame.
     """
+    if os.path.isdir(path):
+        raise VideoError(f"{path} is a folder; give a video file.")
     if not os.path.isfile(path):
         raise VideoError(f"The video file {path} does not exist.")
     cap = cv2.VideoCapture(os.fspath(path))

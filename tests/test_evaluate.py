@@ -223,6 +223,13 @@ def test_eval_pairs_reports_a_corrupt_photo_without_a_traceback(tmp_path, photo_
     assert report["unreadable"] == 1 and report["photos"] == 4
 
 
+def test_eval_pairs_refuses_a_plot_into_a_missing_folder_before_any_work(tmp_path, photo_folder, capsys):
+    pairs = write_pairs(tmp_path, "1\t1\nEileen\t1\t2\nEileen\t1\tGrace\t1\n")
+    assert main(["eval", "pairs", "--images", str(photo_folder), "--pairs", pairs,
+                 "--plot", str(tmp_path / "nowhere" / "roc.png")]) == 1
+    assert "its folder does not exist" in capsys.readouterr().err
+
+
 def test_eval_pairs_draws_the_roc_curve_to_a_png(tmp_path, photo_folder, monkeypatch, capsys):
     monkeypatch.setenv("BYTELOCKER_CACHE_DIR", str(tmp_path / "cache"))
     pairs = write_pairs(tmp_path, "2\t1\nEileen\t1\t2\nEileen\t1\tGrace\t1\n"

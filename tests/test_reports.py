@@ -142,3 +142,10 @@ def test_a_database_created_by_root_belongs_to_its_folders_owner(tmp_path, monke
     central_db.open_database(f"sqlite:///{folder / 'central.db'}")
     stat = folder.stat()
     assert ("central.db", stat.st_uid, stat.st_gid) in owners
+
+
+@pytest.mark.parametrize("limit", ["-5", "0", "ten"])
+def test_a_limit_below_one_is_a_usage_error(limit, capsys):
+    with pytest.raises(SystemExit):
+        main(["report", "events", "--limit", limit])
+    assert "at least 1" in capsys.readouterr().err

@@ -56,6 +56,8 @@ def test_missing_video_is_a_clear_error(tmp_path):
     path = tmp_path / "nowhere.mp4"
     with pytest.raises(VideoError, match="nowhere.mp4 does not exist"):
         list(read_video(str(path)))
+    with pytest.raises(VideoError, match="is a folder; give a video file"):
+        list(read_video(str(tmp_path)))
 
 
 def test_text_file_named_mp4_is_a_clear_error(tmp_path):
