@@ -8,14 +8,18 @@
 # What it does (every step is skipped when already done, so running it again
 # changes nothing, and running it after 'git pull' is the upgrade):
 #   * the system user 'bytelocker' (and the groups gpio, video) via sysusers.d;
-#   * /opt/bytelocker/venv: a Python venv with ByteLocker in it.  An upgrade
-#     builds a new venv beside the old one and swaps it in; the old one is kept
-#     as venv.previous for a rollback;
+#   * /opt/bytelocker/venv: a link to the Python venv with ByteLocker in it,
+#     /opt/bytelocker/venv-<date>-<source id>.  An upgrade builds a new venv
+#     folder and switches the link to it in one rename; the venv it replaced
+#     stays, linked as venv.previous, for a rollback, and older ones are
+#     deleted.  A venv is never moved: pip writes its path into its scripts.
+#     A run also rebuilds a venv whose 'bytelocker' command does not run;
 #   * /etc/bytelocker/{door,central}.yaml from the examples, only if missing:
 #     edited files are never touched (the current examples go next to them as
 #     *.example.yaml); /etc/bytelocker/credentials/ (root, 0700) for secrets;
 #   * /var/lib/bytelocker (the service's data, kept on upgrade and uninstall);
-#   * the systemd units, enabled; running units are restarted on upgrade.
+#   * the systemd units, enabled; running units are restarted on upgrade
+#     (bytelocker-web.service too, if it was installed by hand and is running).
 #
 # Options:
 #   --role R          door (default), central or both
@@ -27,13 +31,15 @@
 #   --wheelhouse DIR  install from the wheels in DIR only (offline sites)
 #   --python PY       the Python to build the venv with (default python3)
 #   --start           start (or restart) the units now, not only at boot
-#   --uninstall       remove the program, the units and the links; keep config and data
+#   --uninstall       remove the program, the units (web too) and the links; keep config and data
 #   --purge           with --uninstall: also remove /etc/bytelocker, /var/lib/bytelocker and the user
 set -euo pipefail
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOT=""
 ROLE="door"
+# Installed by hand into the venv on some boards; an upgrade installs them into the new venv too.
+CARRIED_OVER="Jetson.GPIO"
 VENV_MODE="build"
 VENV_FROM=""
 WHEELHOUSE=""
@@ -134,6 +140,85 @@ put_link() {
     say "linked ${2#"$ROOT"} -> $1"
 }
 
+# venv_problem DIR: print why DIR/bin/bytelocker does not run; print nothing if it does.
+# pip writes the interpreter's path, as it was when the venv was built, into
+# the '#!' line of each script, so a venv that was moved or whose Python was
+# removed fails here.
+venv_problem() {
+    local script="$1/bin/bytelocker" interp
+    if [ ! -f "$script" ] || [ ! -x "$script" ]; then
+        echo "${script#"$ROOT"} is missing or not executable"; return 0
+    fi
+    interp="$(head -n 1 "$script" | sed -n 's/^#![[:space:]]*\([^[:space:]]*\).*/\1/p')"
+    if [ -z "$interp" ] || [ ! -x "$interp" ]; then
+        echo "the interpreter '${interp:-?}' named by ${script#"$ROOT"} does not exist"; return 0
+    fi
+    "$script" --version >/dev/null 2>&1 || echo "'${script#"$ROOT"} --version' fails"
+}
+
+# venv_path TARGET: a link target under $OPT (relative, as written here) or an absolute one.
+venv_path() {
+    case "$1" in /*) echo "$1" ;; *) echo "$OPT/$1" ;; esac
+}
+
+# put_venv_link NAME TARGET: point $OPT/NAME at TARGET with one rename, so that
+# no unit ever finds the link missing or half-written.
+put_venv_link() {
+    ln -sfn "$2" "$OPT/$1.tmp"
+    mv -T "$OPT/$1.tmp" "$OPT/$1"
+}
+
+# switch_venv TARGET: make /opt/bytelocker/venv point at TARGET (a folder name
+# in $OPT, or an absolute path); keep the venv it pointed at, if that one runs,
+# as venv.previous (else keep the venv.previous there was, if it runs), and
+# delete the other venv-* folders.
+switch_venv() {
+    local target="$1" old="" prev="" legacy="" dir
+    if [ -L "$OPT/venv" ] && [ "$(readlink "$OPT/venv")" = "$target" ]; then
+        return 0
+    fi
+    if [ -L "$OPT/venv" ]; then
+        old="$(readlink "$OPT/venv")"
+        [ -z "$(venv_problem "$(venv_path "$old")")" ] || old=""
+    fi
+    prev="$old"
+    if [ -z "$prev" ] && [ -L "$OPT/venv.previous" ]; then
+        prev="$(readlink "$OPT/venv.previous")"
+        [ "$prev" != "$target" ] && [ -z "$(venv_problem "$(venv_path "$prev")")" ] || prev=""
+    fi
+    mkdir -p "$OPT"
+    if [ -d "$OPT/venv" ] && [ ! -L "$OPT/venv" ]; then
+        # A venv folder from an older installer.  Its scripts name the folder
+        # it was built in (/opt/bytelocker/venv.new), so it cannot run, nor be
+        # rolled back to (nor could it be moved and still run); it must go
+        # before the link can take its name.
+        legacy="$OPT/venv.legacy.$$"
+        mv -T "$OPT/venv" "$legacy"
+    fi
+    put_venv_link venv "$target"
+    say "linked ${OPT#"$ROOT"}/venv -> $target"
+    if [ -n "$legacy" ]; then
+        rm -rf "$legacy"
+        say "removed the venv folder ${OPT#"$ROOT"}/venv of an older installer (a venv cannot be moved: its scripts name its path)"
+    fi
+    [ ! -d "$OPT/venv.new" ] || rm -rf "$OPT/venv.new"
+    if [ -d "$OPT/venv.previous" ] && [ ! -L "$OPT/venv.previous" ]; then
+        rm -rf "$OPT/venv.previous"     # an older installer's: its scripts could not run either
+    fi
+    if [ -n "$prev" ]; then
+        put_venv_link venv.previous "$prev"
+        say "kept the previous venv for a rollback: ${OPT#"$ROOT"}/venv.previous -> $prev"
+    else
+        rm -f "$OPT/venv.previous"
+    fi
+    for dir in "$OPT"/venv-*; do
+        [ -d "$dir" ] && [ ! -L "$dir" ] || continue
+        [ "$dir" != "$(venv_path "$target")" ] && { [ -z "$prev" ] || [ "$dir" != "$(venv_path "$prev")" ]; } || continue
+        rm -rf "$dir"
+        say "removed the old venv ${dir#"$ROOT"}"
+    done
+}
+
 source_id() {
     # What the venv was built from: the package sources and their declared dependencies.
     (cd "$SRC" && find bytelocker edge central hardware config setup.cfg pyproject.toml \
@@ -150,8 +235,9 @@ systemctl_live() {
 # -- uninstall --------------------------------------------------------------------
 
 if [ "$UNINSTALL" -eq 1 ]; then
-    for unit in bytelocker-door.service bytelocker-central.service; do
-        if [ -f "$UNITDIR/$unit" ]; then
+    # bytelocker-web.service is installed by hand (docs/dashboard.md), but removed here too.
+    for unit in bytelocker-door.service bytelocker-central.service bytelocker-web.service; do
+        if [ -f "$UNITDIR/$unit" ] || [ -L "$WANTS/$unit" ]; then
             systemctl_live disable --now "$unit" || true
             rm -f "$WANTS/$unit" "$UNITDIR/$unit"
             say "removed $unit"
@@ -222,42 +308,75 @@ done
 case "$VENV_MODE" in
     skip) say "skipped the venv (--skip-venv)" ;;
     link)
-        [ -x "$VENV_FROM/bin/bytelocker" ] || die "$VENV_FROM/bin/bytelocker does not exist; is it a ByteLocker venv?"
-        put_link "$(cd "$VENV_FROM" && pwd)" "$OPT/venv" || true ;;
+        [ -d "$VENV_FROM" ] || die "$VENV_FROM is not a folder"
+        VENV_FROM="$(cd "$VENV_FROM" && pwd)"
+        problem="$(venv_problem "$VENV_FROM")"
+        [ -z "$problem" ] || die "$VENV_FROM is not a working ByteLocker venv: $problem"
+        switch_venv "$VENV_FROM" ;;
     build)
         want="$(source_id)"
         have="$(cat "$OPT/venv/.bytelocker-source" 2>/dev/null || true)"
-        if [ -x "$OPT/venv/bin/bytelocker" ] && [ "$want" = "$have" ]; then
+        if [ ! -e "$OPT/venv" ] && [ ! -L "$OPT/venv" ]; then
+            reason=""""
+        elif problem="$(venv_problem "$OPT/venv")"; [ -n "$problem" ]; then
+            reason="the current one does not run: $problem"
+        elif [ "$want" != "$have" ]; then
+            reason="the sources changed"
+        else
+            reason="up to date"
+        fi
+        if [ "$reason" = "up to date" ]; then
             say "the venv is up to date"
         else
+            [ -z "$reason" ] || say "building a new venv ($reason)"
             [ "$LIVE" -eq 1 ] || say "note: a venv built under --root only works at $OPT (its scripts name that path)"
-            rm -rf "$OPT/venv.new"
             mkdir -p "$OPT"
+            # A new folder for every build, never moved or renamed afterwards.
+            name="venv-$(date -u +%Y%m%d-%H%M%S)-${want:0:8}"
+            n=1
+            while [ -e "$OPT/$name" ] || [ -L "$OPT/$name" ]; do
+                name="venv-$(date -u +%Y%m%d-%H%M%S)-${want:0:8}-$n"; n=$((n + 1))
+            done
+            new="$OPT/$name"
+            trap 'rm -rf "$new"' EXIT           # a failed build leaves nothing behind
             # System site packages: Picamera2 and lgpio come from apt on Raspberry Pi OS.
-            "$PYTHON" -m venv --system-site-packages "$OPT/venv.new"
-            pip=("$OPT/venv.new/bin/pip" install --quiet --disable-pip-version-check)
+            "$PYTHON" -m venv --system-site-packages "$new"
+            pip=("$new/bin/pip" install --quiet --disable-pip-version-check)
             if [ -n "$WHEELHOUSE" ]; then
                 "${pip[@]}" --no-index --find-links "$WHEELHOUSE" bytelocker
             else
                 "${pip[@]}" --upgrade pip 'setuptools<82' wheel
                 "${pip[@]}" "$SRC"
             fi
-            "$OPT/venv.new/bin/bytelocker" --version >/dev/null
-            echo "$want" > "$OPT/venv.new/.bytelocker-source"
-            if [ -d "$OPT/venv" ] && [ ! -L "$OPT/venv" ]; then
-                rm -rf "$OPT/venv.previous"
-                mv "$OPT/venv" "$OPT/venv.previous"
-            else
-                rm -f "$OPT/venv"
-            fi
-            mv "$OPT/venv.new" "$OPT/venv"
-            say "installed ByteLocker into ${OPT#"$ROOT"}/venv (the previous one is venv.previous)"
+            # Board libraries that staff add by hand (Jetson.GPIO, docs/deployment.md)
+            # must be in the new venv too, or the upgraded door cannot drive its lock.
+            for extra in $CARRIED_OVER; do
+                if [ -x "$OPT/venv/bin/python" ] && "$OPT/venv/bin/python" -c \
+                        'import importlib.metadata as m, sys; m.version(sys.argv[1])' "$extra" 2>/dev/null; then
+                    if [ -n "$WHEELHOUSE" ]; then
+                        "${pip[@]}" --no-index --find-links "$WHEELHOUSE" "$extra" \
+                            || die "the current venv has $extra, but it is not in $WHEELHOUSE; the current venv is unchanged"
+                    else
+                        "${pip[@]}" "$extra" || die "could not install $extra into the new venv; the current one is unchanged"
+                    fi
+                    say "carried $extra over into the new venv"
+                fi
+            done
+            problem="$(venv_problem "$new")"
+            [ -z "$problem" ] || die "the new venv does not work ($problem); the current one is unchanged"
+            echo "$want" > "$new/.bytelocker-source"
+            trap - EXIT
+            switch_venv "$name"
+            say "installed ByteLocker into ${new#"$ROOT"}"
         fi ;;
 esac
 put_link /opt/bytelocker/venv/bin/bytelocker "$LINK" || true
 
-# The units.
+# The units.  The dashboard's unit is installed by hand (docs/dashboard.md);
+# where it is, it is restarted with the others if it is running.
 changed_units=0
+RESTART_UNITS=("${UNITS[@]}")
+[ ! -f "$UNITDIR/bytelocker-web.service" ] || RESTART_UNITS+=(bytelocker-web.service)
 for unit in "${UNITS[@]}"; do
     if put_file "$SRC/systemd/$unit" "$UNITDIR/$unit" 644; then changed_units=1; fi
     # What 'systemctl enable' makes, written directly so --root needs no systemctl.
@@ -266,8 +385,8 @@ done
 if [ "$LIVE" -eq 1 ]; then
     [ "$changed_units" -eq 0 ] || systemctl_live daemon-reload
     systemd-tmpfiles --create "$TMPFILES" 2>/dev/null || true
-    for unit in "${UNITS[@]}"; do
-        if [ "$START" -eq 1 ]; then
+    for unit in "${RESTART_UNITS[@]}"; do
+        if [ "$START" -eq 1 ] && [ "$unit" != bytelocker-web.service ]; then
             systemctl_live restart "$unit"
         else
             # An upgrade restarts what was running; a first install waits for --start or a reboot.
