@@ -235,8 +235,9 @@ class CentralSync:
             if area != body["area"]:
                 # The area comes from central.yaml, never from the event: any
                 # broker account can write an event naming any area.
-                self._refuse(event.door_id, f"its pass in area {body['area']!r} is not relayed "
-                             + ("(the door is not listed)" if area is None else f"(it is listed in area {area!r})"))
+                self._refuse(event.door_id, f"its pass in area {body['area']!r} is not relayed: "
+                             + ("the door is not in central.yaml's doors" if area is None
+                                else f"central.yaml lists it in area {area!r}"))
                 continue
             try:
                 self._passages.put_nowait(body)
@@ -255,7 +256,7 @@ class CentralSync:
         key = (door_id, what)
         if key not in self._refused and len(self._refused) < MAX_REFUSALS_LOGGED:
             self._refused.add(key)
-            logger.warning("central: door %r is not in central.yaml's doors with that area: %s.", door_id, what)
+            logger.warning("central: door %r: %s.", door_id, what)
 
     def join(self, timeout=None):
         """Wait for the worker to end (after the stop event is set), then disconnect."""
@@ -404,7 +405,7 @@ class CentralSync:
         now = time.monotonic()
         for door_id, (version, nonce) in latest.items():
             if not self.config.serves(door_id):
-                self._refuse(door_id, "its enrolment request is not answered")
+                self._refuse(door_id, "not in central.yaml's doors, so its enrolment request is not answered")
                 continue
             wait = self._last_answer.get(door_id, 0) + MIN_ANSWER_INTERVAL - now
             if wait > 0:
