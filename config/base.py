@@ -1,5 +1,6 @@
 """The base class of every config section, and the shape of a config problem."""
 
+import os
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
@@ -27,3 +28,14 @@ class Problem(NamedTuple):
     """What is wrong, phrased to follow "is VALUE, but ...", like "must be at most 30"."""
     value: Any = NO_VALUE
     """The offending value, or :data:`NO_VALUE` to leave it out."""
+
+
+def absolute_path(value, example):
+    """``value`` if it is an absolute path, else ValueError showing ``example``.
+
+    The services run in their own working directories (under a read-only
+    root), so a relative folder would be a different folder for each process.
+    """
+    if not os.path.isabs(value):
+        raise ValueError(f"must be an absolute path, starting with '/', like {example}")
+    return value

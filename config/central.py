@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from bytelocker.contract import is_area_name, is_door_id
 from config.alerts import AlertsSection
 from config.attendance import AttendanceSection
-from config.base import Section
+from config.base import Section, absolute_path
 from config.mqtt import MqttSection
 from config.policy import SiteSection, time_of_day
 
@@ -48,11 +48,8 @@ class StorageSection(Section):
     @field_validator("snapshot_dir")
     @classmethod
     def _check_snapshot_dir(cls, value):
-        # Each service runs in its own working directory, so a relative folder would be a
-        # different folder for the collector, the dashboard and 'bytelocker forget'.
-        if not os.path.isabs(value):
-            raise ValueError("must be an absolute path, starting with '/', like /var/lib/bytelocker/snapshots")
-        return value
+        # Else a different folder for the collector, the dashboard and 'bytelocker forget'.
+        return absolute_path(value, "/var/lib/bytelocker/snapshots")
 
 
 class CollectorSection(Section):

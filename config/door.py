@@ -1,12 +1,11 @@
 """door.yaml: the door unit's configuration, composed of one model per section."""
 
-import os
 from typing import Optional
 
 from pydantic import BaseModel, Field, field_validator
 
 from bytelocker.contract import DOOR_ID_PATTERN
-from config.base import Problem, Section
+from config.base import Problem, Section, absolute_path
 from config.camera import CameraSection
 from config.hardware import HardwareSection
 from config.mqtt import MqttSection, OutboxSection
@@ -30,10 +29,7 @@ class DoorSection(Section):
     @field_validator("data_dir")
     @classmethod
     def _check_data_dir(cls, value):
-        # The service runs in its own working directory under a read-only root.
-        if not os.path.isabs(value):
-            raise ValueError("must be an absolute path, starting with '/', like /var/lib/bytelocker")
-        return value
+        return absolute_path(value, "/var/lib/bytelocker")
 
     @field_validator("central_public_key")
     @classmethod
