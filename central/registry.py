@@ -235,10 +235,6 @@ def descriptors_by_person(*, active_only=True):
     return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-MAX_ID_CHARS = contract.MAX_PERSON_ID_CHARS
-MAX_NAME_CHARS = contract.MAX_PERSON_NAME_CHARS
-
-
 def check_person_fields(person_id, *, name=None, groups=None):
     """Refuse an id, name or groups the doors would refuse.
 
@@ -247,13 +243,14 @@ def check_person_fields(person_id, *, name=None, groups=None):
     "$ID"`` in a script) would stop every later change, revocations
     included, from reaching it.  Raises :class:`EnrolmentError`.
     """
-    if not isinstance(person_id, str) or not person_id or len(person_id) > MAX_ID_CHARS:
-        raise EnrolmentError(f"A person id must be 1 to {MAX_ID_CHARS} characters, not {str(person_id)[:40]!r}.")
+    max_id, max_name = contract.MAX_PERSON_ID_CHARS, contract.MAX_PERSON_NAME_CHARS
+    if not isinstance(person_id, str) or not person_id or len(person_id) > max_id:
+        raise EnrolmentError(f"A person id must be 1 to {max_id} characters, not {str(person_id)[:40]!r}.")
     if person_id != person_id.strip() or any(ord(c) < 0x20 or ord(c) == 0x7f for c in person_id):
         raise EnrolmentError(f"The person id {person_id!r} starts or ends with a space or holds a control "
                              "character; use a plain id such as a staff number.")
-    if name is not None and len(name) > MAX_NAME_CHARS:
-        raise EnrolmentError(f"The name of {person_id!r} is {len(name)} characters; at most {MAX_NAME_CHARS}.")
+    if name is not None and len(name) > max_name:
+        raise EnrolmentError(f"The name of {person_id!r} is {len(name)} characters; at most {max_name}.")
     for group in groups or ():
         if not isinstance(group, str) or not group.strip():
             raise EnrolmentError(f"{person_id!r} has an empty group name.")

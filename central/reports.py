@@ -31,17 +31,26 @@ def unidentified(since):
     return rows
 
 
-def events(door=None, since=None, until=None, event_type=None, limit=None):
-    """Stored events, oldest first, optionally of one door, type and time range."""
-    query = StoredEvent.select().order_by(StoredEvent.ts, StoredEvent.door_id, StoredEvent.seq)
+def event_query(*, door=None, person=None, event_type=None, since=None, until=None):
+    """An unordered query of stored events, each filter applied when given (``until`` excluded)."""
+    query = StoredEvent.select()
     if door:
         query = query.where(StoredEvent.door_id == door)
+    if person:
+        query = query.where(StoredEvent.person_id == person)
+    if event_type:
+        query = query.where(StoredEvent.type == event_type)
     if since:
         query = query.where(StoredEvent.ts >= since)
     if until:
         query = query.where(StoredEvent.ts < until)
-    if event_type:
-        query = query.where(StoredEvent.type == event_type)
+    return query
+
+
+def events(door=None, since=None, until=None, event_type=None, limit=None):
+    """Stored events, oldest first, optionally of one door, type and time range."""
+    query = (event_query(door=door, event_type=event_type, since=since, until=until)
+             .order_by(StoredEvent.ts, StoredEvent.door_id, StoredEvent.seq))
     if limit:
         query = query.limit(limit)
     return [{

@@ -54,7 +54,6 @@ from edge import cache
 logger = logging.getLogger(__name__)
 
 DESCRIPTOR_BYTES = 128 * 4
-MAX_ID_CHARS = contract.MAX_PERSON_ID_CHARS
 # Answers to older requests than this many are no longer accepted.
 NONCES_KEPT = 4
 # Ask again if central has not answered within this long, seconds.
@@ -92,7 +91,7 @@ def encode_person(person_id, descriptors, *, name="", groups=(), valid_from=None
 
 def _person_id(doc):
     pid = doc.get("id") if isinstance(doc, dict) else None
-    if not isinstance(pid, str) or not 0 < len(pid) <= MAX_ID_CHARS:
+    if not isinstance(pid, str) or not 0 < len(pid) <= contract.MAX_PERSON_ID_CHARS:
         raise MessageRejected("The update names a person without a valid id.")
     return pid
 

@@ -72,3 +72,24 @@ class Mosquitto:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+EXAMPLE_ACL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "config", "mosquitto.example.acl")
+EXAMPLE_USERS = (("door-1", "d1"), ("door-2", "d2"), ("bytelocker-central", "c"))
+
+
+def example_acl_broker(folder):
+    """A started broker with config/mosquitto.example.acl, no anonymous users and :data:`EXAMPLE_USERS`."""
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    passwd = os.path.join(folder, "passwd")
+    for i, (user, password) in enumerate(EXAMPLE_USERS):
+        subprocess.run(["mosquitto_passwd", "-b"] + (["-c"] if i == 0 else []) + [passwd, user, password],
+                       check=True, capture_output=True)
+    # As root, mosquitto drops to its own user, which cannot read a test's temp folder.
+    conf = (f"password_file {passwd}\nacl_file {EXAMPLE_ACL}\nallow_anonymous false\n"
+            + ("user root\n" if os.geteuid() == 0 else ""))
+    broker = Mosquitto(os.path.join(folder, "mq"), extra_conf=conf)
+    broker.start()
+    return broker

@@ -13,8 +13,6 @@ details the policy gave them, as the door's publisher would.
 
 import datetime as dt
 import json
-import os
-import subprocess
 import threading
 
 import paho.mqtt.client as mqtt
@@ -30,10 +28,9 @@ from config.policy import PolicySection
 from edge import cache
 from edge.policy import ENTRY, EXIT, AccessPolicy, PersonFacts
 from edge.sync import DoorSync
-from tests.brokers import Mosquitto
+from tests.brokers import example_acl_broker
 from tests.waiting import eventually
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "bltest"
 AREA = "hall"
 PEOPLE = {"ann": PersonFacts(("staff",)), "bob": PersonFacts(("staff",))}
@@ -318,16 +315,7 @@ def test_area_that_cannot_be_a_topic_level_is_a_config_error():
 
 
 def test_example_acl_lets_central_write_passages_and_doors_only_read_them(tmp_path):
-    passwd = tmp_path / "passwd"
-    users = [("door-1", "d1"), ("door-2", "d2"), ("bytelocker-central", "c")]
-    for i, (user, password) in enumerate(users):
-        subprocess.run(["mosquitto_passwd", "-b"] + (["-c"] if i == 0 else []) + [str(passwd), user, password],
-                       check=True, capture_output=True)
-    acl = os.path.join(REPO, "config", "mosquitto.example.acl")
-    conf = (f"password_file {passwd}\nacl_file {acl}\nallow_anonymous false\n"
-            + ("user root\n" if os.geteuid() == 0 else ""))
-    broker = Mosquitto(tmp_path / "mq", extra_conf=conf)
-    broker.start()
+    broker = example_acl_broker(tmp_path)
     clients = []
     try:
         def client(user, password):

@@ -13,7 +13,7 @@ from bytelocker import contract
 from config.mqtt import MqttSection
 from edge.outbox import Outbox
 from edge.publisher import Publisher
-from tests.brokers import Mosquitto
+from tests.brokers import Mosquitto, example_acl_broker
 from tests.waiting import eventually
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,15 +237,7 @@ def test_password_protected_broker_accepts_the_right_password_only(tmp_path, out
 
 
 def test_example_acl_lets_a_door_write_only_its_own_topics(tmp_path, outbox):
-    passwd = tmp_path / "passwd"
-    for i, (user, password) in enumerate([("door-1", "d1"), ("door-2", "d2"), ("bytelocker-central", "c")]):
-        subprocess.run(["mosquitto_passwd", "-b"] + (["-c"] if i == 0 else []) + [str(passwd), user, password],
-                       check=True, capture_output=True)
-    acl = os.path.join(REPO, "config", "mosquitto.example.acl")
-    conf = (f"password_file {passwd}\nacl_file {acl}\nallow_anonymous false\n"
-            + ("user root\n" if os.geteuid() == 0 else ""))
-    broker = Mosquitto(tmp_path / "mq", extra_conf=conf)
-    broker.start()
+    broker = example_acl_broker(tmp_path)
     try:
         central = Listener(broker, "bytelocker/doors/+/events", username="bytelocker-central", password="c")
         # door-2 tries to write an event in door-1's name: the broker refuses it.

@@ -18,7 +18,7 @@ import os
 
 import peewee as pw
 
-from central import attendance
+from central import attendance, reports
 from central.clusters import Sighting, StrangerCluster, StrangerClusters
 from central.db import database
 from central.store import Door, EventNearest, Snapshot, StoredEvent, utcnow
@@ -117,19 +117,10 @@ def events_log(*, door=None, person=None, event_type=None, since=None, until=Non
     """Stored events newest first, filtered; returns ``(rows, more)``.
 
     ``more`` is True when older rows exist past ``offset + limit``.
-    (:func:`central.reports.events` is oldest first and has no person filter.)
+    (:func:`central.reports.events` is the same filters, oldest first.)
     """
-    query = StoredEvent.select().order_by(StoredEvent.ts.desc(), StoredEvent.id.desc())
-    if door:
-        query = query.where(StoredEvent.door_id == door)
-    if person:
-        query = query.where(StoredEvent.person_id == person)
-    if event_type:
-        query = query.where(StoredEvent.type == event_type)
-    if since:
-        query = query.where(StoredEvent.ts >= since)
-    if until:
-        query = query.where(StoredEvent.ts < until)
+    query = (reports.event_query(door=door, person=person, event_type=event_type, since=since, until=until)
+             .order_by(StoredEvent.ts.desc(), StoredEvent.id.desc()))
     rows = [event_dict(e) for e in query.limit(limit + 1).offset(offset)]
     rows, more = rows[:limit], len(rows) > limit
     # Whom an ambiguous face was nearest to is kept outside details (erasure clears it there).

@@ -229,8 +229,10 @@ def _person_form():
     problem = None
     if not person_id:
         problem = "Give the person an id."
-    elif len(person_id) > 128 or len(name) > 256 or any(len(g) > 64 for g in groups):
-        problem = "The id (128), name (256) or a group (64 characters) is too long."
+    elif (len(person_id) > contract.MAX_PERSON_ID_CHARS or len(name) > contract.MAX_PERSON_NAME_CHARS
+          or any(len(g) > 64 for g in groups)):
+        problem = (f"The id ({contract.MAX_PERSON_ID_CHARS}), name ({contract.MAX_PERSON_NAME_CHARS}) "
+                   "or a group (64 characters) is too long.")
     return person_id, name or None, groups or None, problem
 
 
